@@ -1,0 +1,7 @@
+//! The networks of the Qwen-Image-Edit family, ported from diffusers 0.42.1 / transformers 5.2.0.
+//!
+//! Each component loads from its diffusers folder (`config.json` + safetensors, key names exactly as
+//! on disk) and never sees the CLI, the hub or image files. Shared building blocks live in [`nn`].
+
+pub mod nn;
+pub mod weights;
