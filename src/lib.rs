@@ -2,4 +2,7 @@
 //!
 //! Dependencies point one way: `commands` → `pipeline` → `models` → `models::nn`.
 
+pub mod error;
+pub mod io;
 pub mod models;
+pub mod pipeline;

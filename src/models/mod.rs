@@ -4,4 +4,7 @@
 //! on disk) and never sees the CLI, the hub or image files. Shared building blocks live in [`nn`].
 
 pub mod nn;
+pub mod text_encoder;
+pub mod transformer;
+pub mod vae;
 pub mod weights;

@@ -1,0 +1,1 @@
+//! `QwenImageTransformer2DModel`: the MMDiT denoiser.

@@ -1,0 +1,1 @@
+//! `AutoencoderKLQwenImage`: the Qwen-Image VAE (single images, T = 1).

@@ -1,0 +1,5 @@
+//! The edit pipelines (`QwenImageEditPipeline`, `QwenImageEditPlusPipeline`): the scheduler, seeded
+//! noise, latent packing and the denoising loop that joins the models.
+
+pub mod noise;
+pub mod scheduler;
