@@ -2,7 +2,13 @@
 //!
 //! Dependencies point one way: `commands` → `pipeline` → `models` → `models::nn`.
 
+pub mod cli;
+pub mod commands;
+pub mod docs;
 pub mod error;
+pub mod hub;
 pub mod io;
+pub mod logging;
 pub mod models;
 pub mod pipeline;
+pub mod printer;

@@ -1,1 +1,10 @@
-//! encode
+//! Encoding and writing results.
+
+/// Output image formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Png,
+    Jpeg,
+    Webp,
+    Tiff,
+}

@@ -45,7 +45,10 @@ impl ComponentWeights {
     pub fn open(dir: &Path) -> Result<Self, WeightsError> {
         let mut index_path = None;
         let mut singles = Vec::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| WeightsError::Open { path: dir.to_path_buf(), reason: e.to_string() })?;
+        let entries = std::fs::read_dir(dir).map_err(|e| WeightsError::Open {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".safetensors.index.json") {
@@ -56,10 +59,15 @@ impl ComponentWeights {
         }
         singles.sort();
         let (files, shard_of) = if let Some(index_path) = index_path {
-            let text = std::fs::read_to_string(&index_path)
-                .map_err(|e| WeightsError::BadIndex { path: index_path.clone(), reason: e.to_string() })?;
-            let index: Index = serde_json::from_str(&text)
-                .map_err(|e| WeightsError::BadIndex { path: index_path.clone(), reason: e.to_string() })?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| WeightsError::BadIndex {
+                    path: index_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let index: Index = serde_json::from_str(&text).map_err(|e| WeightsError::BadIndex {
+                path: index_path.clone(),
+                reason: e.to_string(),
+            })?;
             let mut shards: Vec<String> = index.weight_map.values().cloned().collect();
             shards.sort();
             shards.dedup();
@@ -67,7 +75,10 @@ impl ComponentWeights {
             for s in &shards {
                 let p = dir.join(s);
                 if !p.is_file() {
-                    return Err(WeightsError::MissingShard { shard: p, index: index_path.clone() });
+                    return Err(WeightsError::MissingShard {
+                        shard: p,
+                        index: index_path.clone(),
+                    });
                 }
                 files.push(p);
             }
@@ -79,9 +90,19 @@ impl ComponentWeights {
         };
         // SAFETY: the files are mapped read-only; like every safetensors reader we rely on nobody
         // truncating them while the process runs.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-            .map_err(|e| WeightsError::Open { path: dir.to_path_buf(), reason: e.to_string() })?;
-        Ok(Self { dir: dir.to_path_buf(), st, shard_of, files })
+        let st =
+            unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
+                WeightsError::Open {
+                    path: dir.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            st,
+            shard_of,
+            files,
+        })
     }
 
     /// The files that were mapped.
@@ -91,7 +112,11 @@ impl ComponentWeights {
 
     /// Total bytes of the mapped files.
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
+        self.files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Names of all tensors present.
@@ -116,7 +141,14 @@ impl ComponentWeights {
 }
 
 impl SimpleBackend for ComponentWeights {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let t = self.get_unchecked(name, dtype, dev)?;
         if t.shape() != &s {
             candle_core::bail!(
@@ -145,6 +177,7 @@ impl SimpleBackend for ComponentWeights {
 pub fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> anyhow::Result<T> {
     use anyhow::Context;
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
 }

@@ -23,7 +23,13 @@ pub enum AttnMask<'a> {
 
 /// Scaled dot-product attention. `q: [B, H, Sq, D]`, `k, v: [B, H, Skv, D]` (same H: expand GQA
 /// heads before calling). Returns `[B, H, Sq, D]` in the dtype of `q`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>, scale: f64) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: AttnMask<'_>,
+    scale: f64,
+) -> Result<Tensor> {
     attention_chunked(q, k, v, mask, scale, MAX_SCORE_ELEMENTS)
 }
 
@@ -57,7 +63,11 @@ pub fn attention_chunked(
         AttnMask::KeyPadding(m) => {
             let (mb, ms) = m.dims2()?;
             if mb != b || ms != skv {
-                candle_core::bail!("attention: key mask {:?} does not match keys {:?}", m.shape(), k.shape());
+                candle_core::bail!(
+                    "attention: key mask {:?} does not match keys {:?}",
+                    m.shape(),
+                    k.shape()
+                );
             }
             let keep = m.ne(0u32 as f64)?.to_dtype(DType::F32)?; // 1 keep, 0 drop
             let bias = ((keep - 1.0)? * 1e30)?; // 0 or -1e30
@@ -82,7 +92,8 @@ pub fn attention_chunked(
         }
         if matches!(mask, AttnMask::Causal) {
             let dev = q.device();
-            let rows = Tensor::arange(start as u32, (start + len) as u32, dev)?.reshape((len, 1))?;
+            let rows =
+                Tensor::arange(start as u32, (start + len) as u32, dev)?.reshape((len, 1))?;
             let cols = Tensor::arange(0u32, skv as u32, dev)?.reshape((1, skv))?;
             let allowed = cols.broadcast_le(&rows)?.to_dtype(DType::F32)?;
             let bias = ((allowed - 1.0)? * 1e30)?.reshape((1, 1, len, skv))?;
@@ -92,7 +103,11 @@ pub fn attention_chunked(
         outs.push(probs.matmul(&v)?);
         start += len;
     }
-    let out = if outs.len() == 1 { outs.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(&outs, 2)? };
+    let out = if outs.len() == 1 {
+        outs.pop().unwrap_or_else(|| unreachable!())
+    } else {
+        Tensor::cat(&outs, 2)?
+    };
     out.to_dtype(out_dtype)
 }
 
@@ -115,7 +130,16 @@ mod tests {
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -138,7 +162,13 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (1, 2, 6, 4), &dev).unwrap();
         let m = Tensor::new(&[[1u8, 1, 1, 1, 0, 0]], &dev).unwrap();
         let got = attention_chunked(&q, &k, &v, AttnMask::KeyPadding(&m), 0.5, 2 * 6 * 2).unwrap();
-        let want = naive(&q.clone(), &k.narrow(2, 0, 4).unwrap(), &v.narrow(2, 0, 4).unwrap(), 0.5, None);
+        let want = naive(
+            &q.clone(),
+            &k.narrow(2, 0, 4).unwrap(),
+            &v.narrow(2, 0, 4).unwrap(),
+            0.5,
+            None,
+        );
         assert!(max_abs_diff(&want, &got) < 1e-6);
         let got = attention_chunked(&q, &k, &v, AttnMask::Causal, 0.5, 2 * 6).unwrap();
         for i in 0..6 {

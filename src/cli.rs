@@ -1,0 +1,245 @@
+//! The command-line surface: clap derive types only. The doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::io::encode::OutputFormat;
+
+/// The model used when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "Qwen/Qwen-Image-Edit-2511";
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  any other failure
+  2  usage error (bad flags or values)
+  3  bad input (unreadable, undecodable or too large image; unreachable URL)
+  4  model or weights missing or incomplete (run `qwen-edit fetch-models`)
+  5  GPU/CUDA unavailable or failed (run `qwen-edit doctor`)";
+
+/// Edit images with the Qwen-Image-Edit models (Edit, 2509, 2511) in-process on NVIDIA GPUs.
+///
+/// qwen-edit runs the diffusers Qwen-Image-Edit pipelines natively (Rust + candle): give it one to
+/// three images and an instruction, get the edited image. Results go to files or stdout; logs and
+/// progress go to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "qwen-edit", version, propagate_version = true, after_long_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted by every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v: debug, -vv: trace). Hides progress bars.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
+    pub verbose: u8,
+
+    /// Only errors on stderr: no progress bars, no summary lines.
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
+    pub quiet: bool,
+
+    /// When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN", help_heading = "Global options")]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Edit one to three images following a text instruction.
+    ///
+    /// Each IMAGE is a file path, an http(s) URL, a `data:image/...;base64,` URI, a bare base64
+    /// string, or `-` for stdin. Qwen-Image-Edit takes one image; 2509 and 2511 take one to three
+    /// (the output size follows the last one).
+    #[command(after_long_help = AFTER_HELP)]
+    Edit(EditArgs),
+
+    /// Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models.
+    #[command(after_long_help = AFTER_HELP)]
+    Doctor(DoctorArgs),
+
+    /// Download model weights from the Hugging Face Hub into the standard hub cache.
+    #[command(after_long_help = AFTER_HELP)]
+    FetchModels(FetchModelsArgs),
+
+    /// Print a shell completion script to stdout.
+    Completions(CompletionsArgs),
+}
+
+/// Options that pick and load the model (shared by edit and the other model commands).
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout.
+    #[arg(long, env = "QWEN_EDIT_MODEL", default_value = DEFAULT_MODEL, value_name = "REPO_OR_DIR")]
+    pub model: String,
+
+    /// Hub revision (branch, tag or commit) of the model.
+    #[arg(long, default_value = "main", value_name = "REV")]
+    pub revision: String,
+
+    /// Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+
+    /// Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models).
+    #[arg(long, default_value = "cuda", value_name = "DEVICE")]
+    pub device: String,
+
+    /// Compute dtype (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    Bf16,
+    F32,
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// Input images (1 to 3): path, http(s) URL, data: URI, base64, or `-` for stdin.
+    #[arg(required = true, num_args = 1..=3, value_name = "IMAGE")]
+    pub images: Vec<String>,
+
+    /// The edit instruction.
+    #[arg(
+        short,
+        long,
+        required_unless_present = "prompt_file",
+        conflicts_with = "prompt_file"
+    )]
+    pub prompt: Option<String>,
+
+    /// Read the edit instruction from a file (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+
+    /// What the image should not look like (enables true CFG with --true-cfg-scale > 1). Default " ".
+    #[arg(short = 'n', long, value_name = "TEXT")]
+    pub negative_prompt: Option<String>,
+
+    /// Denoising steps (default: 50 for Qwen-Image-Edit, 40 for 2509/2511).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub steps: Option<u32>,
+
+    /// True classifier-free guidance scale; 1 disables CFG (one transformer pass per step). Default 4.
+    #[arg(long, value_name = "SCALE")]
+    pub true_cfg_scale: Option<f64>,
+
+    /// Random seed; the same seed gives the same initial noise as diffusers with
+    /// torch.Generator("cpu").manual_seed(SEED). Default: a random seed, reported.
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Output width in pixels (floored to a multiple of 16). Default: from the input image.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=8192))]
+    pub width: Option<u32>,
+
+    /// Output height in pixels (floored to a multiple of 16). Default: from the input image.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=8192))]
+    pub height: Option<u32>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Output file, or `-` for the encoded image on stdout. Default: `<first input>-edited.png`.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Output format (default: from the output file's extension, else png).
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+
+    /// Bits per channel: 16 for lossless downstream work (PNG and TIFF only).
+    #[arg(long, default_value = "8", value_parser = ["8", "16"])]
+    pub bit_depth: String,
+
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Create missing parent folders of the output file.
+    #[arg(long)]
+    pub mkdir: bool,
+
+    /// Decode/encode the VAE in tiles (256 px tiles, 192 px stride): less memory for large images.
+    #[arg(long)]
+    pub vae_tiling: bool,
+
+    /// Print a JSON summary on stdout (outputs, seed, sizes, steps, model, timings).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Hub cache folder to inspect (default: the standard hub cache).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchModelsArgs {
+    /// Hub repo id, or a shorthand: `edit`, `2509`, `2511`.
+    #[arg(long, default_value = DEFAULT_MODEL, value_name = "REPO")]
+    pub model: String,
+
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, default_value = "main", value_name = "REV")]
+    pub revision: String,
+
+    /// Hub token for gated or private repos.
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// List the files and the total size, download nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to generate completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The clap command (for completions, man pages and tests).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
