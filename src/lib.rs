@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod device;
 pub mod docs;
 pub mod error;
 pub mod hub;
