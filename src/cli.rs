@@ -125,12 +125,7 @@ pub struct EditArgs {
     pub images: Vec<String>,
 
     /// The edit instruction.
-    #[arg(
-        short,
-        long,
-        required_unless_present = "prompt_file",
-        conflicts_with = "prompt_file"
-    )]
+    #[arg(short, long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
 
     /// Read the edit instruction from a file (`-` for stdin).

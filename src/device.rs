@@ -56,7 +56,9 @@ impl DeviceSpec {
 fn open_cuda(n: usize) -> anyhow::Result<Device> {
     Device::new_cuda(n).map_err(|e| {
         UserError::device(format!("cannot open CUDA device {n}: {e}"))
-            .with_hint("run `qwen-edit doctor` to check the driver and the GPUs, or pick another with `--device cuda:N`")
+            .with_hint(
+                "run `qwen-edit doctor` to check the driver and the GPUs, or pick another with `--device cuda:N`",
+            )
             .into()
     })
 }

@@ -52,12 +52,7 @@ impl Printer {
 
     /// A warning on stderr (shown even with `--quiet`).
     pub fn warn(&self, msg: impl AsRef<str>) {
-        let _ = writeln!(
-            std::io::stderr(),
-            "{} {}",
-            self.paint("warning:", "33"),
-            msg.as_ref()
-        );
+        let _ = writeln!(std::io::stderr(), "{} {}", self.paint("warning:", "33"), msg.as_ref());
     }
 
     /// `text` wrapped in an ANSI colour (SGR `code`) when colours are on.
@@ -80,11 +75,9 @@ impl Printer {
             },
         );
         pb.set_style(
-            ProgressStyle::with_template(
-                "{msg:>14} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         pb.set_message(message.to_string());
         pb
@@ -94,11 +87,9 @@ impl Printer {
     pub fn bytes_bar(&self, len: u64, message: &str) -> ProgressBar {
         let pb = self.bar(len, message);
         pb.set_style(
-            ProgressStyle::with_template(
-                "{msg:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         pb
     }

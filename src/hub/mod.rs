@@ -42,11 +42,7 @@ pub fn cache_dir(override_dir: Option<&Path>) -> PathBuf {
     if let Some(d) = override_dir {
         return d.to_path_buf();
     }
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(d) = env("HF_HUB_CACHE") {
         return d;
     }
@@ -64,8 +60,7 @@ pub fn cache_dir(override_dir: Option<&Path>) -> PathBuf {
 
 /// Whether the user asked for offline mode (`HF_HUB_OFFLINE=1`).
 pub fn offline_from_env() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
 }
 
 /// `<cache>/models--org--name`.
@@ -122,10 +117,7 @@ mod tests {
             snapshot_dir(tmp.path(), "Qwen/Qwen-Image-Edit", "main"),
             Some(want.clone())
         );
-        assert_eq!(
-            snapshot_dir(tmp.path(), "Qwen/Qwen-Image-Edit", commit),
-            Some(want)
-        );
+        assert_eq!(snapshot_dir(tmp.path(), "Qwen/Qwen-Image-Edit", commit), Some(want));
         assert_eq!(snapshot_dir(tmp.path(), "Qwen/Qwen-Image-Edit", "v2"), None);
     }
 }

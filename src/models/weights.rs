@@ -59,11 +59,10 @@ impl ComponentWeights {
         }
         singles.sort();
         let (files, shard_of) = if let Some(index_path) = index_path {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| WeightsError::BadIndex {
-                    path: index_path.clone(),
-                    reason: e.to_string(),
-                })?;
+            let text = std::fs::read_to_string(&index_path).map_err(|e| WeightsError::BadIndex {
+                path: index_path.clone(),
+                reason: e.to_string(),
+            })?;
             let index: Index = serde_json::from_str(&text).map_err(|e| WeightsError::BadIndex {
                 path: index_path.clone(),
                 reason: e.to_string(),
@@ -91,11 +90,9 @@ impl ComponentWeights {
         // SAFETY: the files are mapped read-only; like every safetensors reader we rely on nobody
         // truncating them while the process runs.
         let st =
-            unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
-                WeightsError::Open {
-                    path: dir.to_path_buf(),
-                    reason: e.to_string(),
-                }
+            unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| WeightsError::Open {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
             })?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -141,14 +138,7 @@ impl ComponentWeights {
 }
 
 impl SimpleBackend for ComponentWeights {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let t = self.get_unchecked(name, dtype, dev)?;
         if t.shape() != &s {
             candle_core::bail!(
@@ -177,7 +167,6 @@ impl SimpleBackend for ComponentWeights {
 pub fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> anyhow::Result<T> {
     use anyhow::Context;
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
 }

@@ -60,15 +60,43 @@ mod tests {
     #[test]
     fn pack_layout_and_round_trip() {
         let dev = Device::Cpu;
-        let x = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 6.0, &dev).unwrap().reshape((2, 3, 4, 6)).unwrap();
+        let x = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 6.0, &dev)
+            .unwrap()
+            .reshape((2, 3, 4, 6))
+            .unwrap();
         let p = pack(&x).unwrap();
         assert_eq!(p.dims(), &[2, 6, 12]);
         // token i·(W/2)+j = 1·3+2 of batch 0, feature c=2, dy=1, dx=0 → x[0, 2, 3, 4]
-        let v = p.get(0).unwrap().get(5).unwrap().get(2 * 4 + 2).unwrap().to_scalar::<f32>().unwrap();
-        let want = x.get(0).unwrap().get(2).unwrap().get(3).unwrap().get(4).unwrap().to_scalar::<f32>().unwrap();
+        let v = p
+            .get(0)
+            .unwrap()
+            .get(5)
+            .unwrap()
+            .get(2 * 4 + 2)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let want = x
+            .get(0)
+            .unwrap()
+            .get(2)
+            .unwrap()
+            .get(3)
+            .unwrap()
+            .get(4)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(v, want);
         let back = unpack(&p, 4, 6).unwrap();
-        let diff = (back - &x).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (back - &x)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0);
     }
 }

@@ -60,13 +60,7 @@ pub struct ModelFolder {
 }
 
 /// The components a pipeline needs (the hub's `tokenizer/` is not: `processor/` serves).
-pub const COMPONENTS: [&str; 5] = [
-    "scheduler",
-    "transformer",
-    "vae",
-    "text_encoder",
-    "processor",
-];
+pub const COMPONENTS: [&str; 5] = ["scheduler", "transformer", "vae", "text_encoder", "processor"];
 
 impl ModelFolder {
     pub fn component(&self, name: &str) -> PathBuf {
@@ -84,15 +78,10 @@ impl ModelFolder {
             .with_hint("point --model at a folder in the diffusers layout, or at a hub repo id and run `qwen-edit fetch-models --model <repo>`")
             .into());
         }
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("cannot read {}", index.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            UserError::model_missing(format!("{} is not valid JSON: {e}", index.display()))
-        })?;
-        let class = json
-            .get("_class_name")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
+        let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| UserError::model_missing(format!("{} is not valid JSON: {e}", index.display())))?;
+        let class = json.get("_class_name").and_then(|v| v.as_str()).unwrap_or("");
         let kind = PipelineKind::from_class_name(class).ok_or_else(|| {
             UserError::model_missing(format!(
                 "{} is for `{class}`, not a Qwen-Image-Edit pipeline (QwenImageEditPipeline or QwenImageEditPlusPipeline)",
@@ -101,11 +90,7 @@ impl ModelFolder {
         })?;
         let missing = missing_files(root);
         if !missing.is_empty() {
-            let shown: Vec<String> = missing
-                .iter()
-                .take(8)
-                .map(|p| p.display().to_string())
-                .collect();
+            let shown: Vec<String> = missing.iter().take(8).map(|p| p.display().to_string()).collect();
             let more = if missing.len() > 8 {
                 format!(" and {} more", missing.len() - 8)
             } else {
@@ -155,10 +140,7 @@ pub fn weight_files(dir: &Path) -> Option<Vec<String>> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    if let Some(index) = entries
-        .iter()
-        .find(|n| n.ends_with(".safetensors.index.json"))
-    {
+    if let Some(index) = entries.iter().find(|n| n.ends_with(".safetensors.index.json")) {
         let text = std::fs::read_to_string(dir.join(index)).ok()?;
         let json: serde_json::Value = serde_json::from_str(&text).ok()?;
         let mut shards: Vec<String> = json
@@ -171,9 +153,6 @@ pub fn weight_files(dir: &Path) -> Option<Vec<String>> {
         shards.dedup();
         return Some(shards);
     }
-    let singles: Vec<String> = entries
-        .into_iter()
-        .filter(|n| n.ends_with(".safetensors"))
-        .collect();
+    let singles: Vec<String> = entries.into_iter().filter(|n| n.ends_with(".safetensors")).collect();
     (!singles.is_empty()).then_some(singles)
 }

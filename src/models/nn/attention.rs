@@ -23,13 +23,7 @@ pub enum AttnMask<'a> {
 
 /// Scaled dot-product attention. `q: [B, H, Sq, D]`, `k, v: [B, H, Skv, D]` (same H: expand GQA
 /// heads before calling). Returns `[B, H, Sq, D]` in the dtype of `q`.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: AttnMask<'_>,
-    scale: f64,
-) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>, scale: f64) -> Result<Tensor> {
     attention_chunked(q, k, v, mask, scale, MAX_SCORE_ELEMENTS)
 }
 
@@ -92,8 +86,7 @@ pub fn attention_chunked(
         }
         if matches!(mask, AttnMask::Causal) {
             let dev = q.device();
-            let rows =
-                Tensor::arange(start as u32, (start + len) as u32, dev)?.reshape((len, 1))?;
+            let rows = Tensor::arange(start as u32, (start + len) as u32, dev)?.reshape((len, 1))?;
             let cols = Tensor::arange(0u32, skv as u32, dev)?.reshape((1, skv))?;
             let allowed = cols.broadcast_le(&rows)?.to_dtype(DType::F32)?;
             let bias = ((allowed - 1.0)? * 1e30)?.reshape((1, 1, len, skv))?;
