@@ -1,0 +1,131 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[qwen-edit] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'qwen-edit'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'qwen-edit'= {
+            cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
+            cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand --verbose 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand -q 'Only errors on stderr: no progress bars, no summary lines'
+            cand --quiet 'Only errors on stderr: no progress bars, no summary lines'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand edit 'Edit one to three images following a text instruction'
+            cand doctor 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
+            cand fetch-models 'Download model weights from the Hugging Face Hub into the standard hub cache'
+            cand completions 'Print a shell completion script to stdout'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'qwen-edit;edit'= {
+            cand -p 'The edit instruction'
+            cand --prompt 'The edit instruction'
+            cand --prompt-file 'Read the edit instruction from a file (`-` for stdin)'
+            cand -n 'What the image should not look like (enables true CFG with --true-cfg-scale > 1). Default " "'
+            cand --negative-prompt 'What the image should not look like (enables true CFG with --true-cfg-scale > 1). Default " "'
+            cand --steps 'Denoising steps (default: 50 for Qwen-Image-Edit, 40 for 2509/2511)'
+            cand --true-cfg-scale 'True classifier-free guidance scale; 1 disables CFG (one transformer pass per step). Default 4'
+            cand --seed 'Random seed; the same seed gives the same initial noise as diffusers with torch.Generator("cpu").manual_seed(SEED). Default: a random seed, reported'
+            cand --width 'Output width in pixels (floored to a multiple of 16). Default: from the input image'
+            cand --height 'Output height in pixels (floored to a multiple of 16). Default: from the input image'
+            cand --model 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout'
+            cand --revision 'Hub revision (branch, tag or commit) of the model'
+            cand --cache-dir 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)'
+            cand --device 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)'
+            cand --dtype 'Compute dtype (default: bf16 on CUDA, f32 on CPU)'
+            cand -o 'Output file, or `-` for the encoded image on stdout. Default: `<first input>-edited.png`'
+            cand --output 'Output file, or `-` for the encoded image on stdout. Default: `<first input>-edited.png`'
+            cand --format 'Output format (default: from the output file''s extension, else png)'
+            cand --bit-depth 'Bits per channel: 16 for lossless downstream work (PNG and TIFF only)'
+            cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
+            cand --offline 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)'
+            cand --overwrite 'Replace the output file if it exists'
+            cand --mkdir 'Create missing parent folders of the output file'
+            cand --vae-tiling 'Decode/encode the VAE in tiles (256 px tiles, 192 px stride): less memory for large images'
+            cand --json 'Print a JSON summary on stdout (outputs, seed, sizes, steps, model, timings)'
+            cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand --verbose 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand -q 'Only errors on stderr: no progress bars, no summary lines'
+            cand --quiet 'Only errors on stderr: no progress bars, no summary lines'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'qwen-edit;doctor'= {
+            cand --cache-dir 'Hub cache folder to inspect (default: the standard hub cache)'
+            cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
+            cand --json 'Print the report as JSON on stdout'
+            cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand --verbose 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand -q 'Only errors on stderr: no progress bars, no summary lines'
+            cand --quiet 'Only errors on stderr: no progress bars, no summary lines'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'qwen-edit;fetch-models'= {
+            cand --model 'Hub repo id, or a shorthand: `edit`, `2509`, `2511`'
+            cand --revision 'Hub revision (branch, tag or commit)'
+            cand --token 'Hub token for gated or private repos'
+            cand --cache-dir 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)'
+            cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
+            cand --dry-run 'List the files and the total size, download nothing'
+            cand --json 'Print a JSON summary on stdout'
+            cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand --verbose 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand -q 'Only errors on stderr: no progress bars, no summary lines'
+            cand --quiet 'Only errors on stderr: no progress bars, no summary lines'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'qwen-edit;completions'= {
+            cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
+            cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand --verbose 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand -q 'Only errors on stderr: no progress bars, no summary lines'
+            cand --quiet 'Only errors on stderr: no progress bars, no summary lines'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'qwen-edit;help'= {
+            cand edit 'Edit one to three images following a text instruction'
+            cand doctor 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
+            cand fetch-models 'Download model weights from the Hugging Face Hub into the standard hub cache'
+            cand completions 'Print a shell completion script to stdout'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'qwen-edit;help;edit'= {
+        }
+        &'qwen-edit;help;doctor'= {
+        }
+        &'qwen-edit;help;fetch-models'= {
+        }
+        &'qwen-edit;help;completions'= {
+        }
+        &'qwen-edit;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

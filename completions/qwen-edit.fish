@@ -1,0 +1,105 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_qwen_edit_global_optspecs
+    string join \n v/verbose q/quiet color= h/help V/version
+end
+
+function __fish_qwen_edit_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_qwen_edit_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_qwen_edit_using_subcommand
+    set -l cmd (__fish_qwen_edit_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -s V -l version -d 'Print version'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "edit" -d 'Edit one to three images following a text instruction'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "doctor" -d 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "fetch-models" -d 'Download model weights from the Hugging Face Hub into the standard hub cache'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s p -l prompt -d 'The edit instruction' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l prompt-file -d 'Read the edit instruction from a file (`-` for stdin)' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s n -l negative-prompt -d 'What the image should not look like (enables true CFG with --true-cfg-scale > 1). Default " "' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l steps -d 'Denoising steps (default: 50 for Qwen-Image-Edit, 40 for 2509/2511)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l true-cfg-scale -d 'True classifier-free guidance scale; 1 disables CFG (one transformer pass per step). Default 4' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l seed -d 'Random seed; the same seed gives the same initial noise as diffusers with torch.Generator("cpu").manual_seed(SEED). Default: a random seed, reported' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l width -d 'Output width in pixels (floored to a multiple of 16). Default: from the input image' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l height -d 'Output height in pixels (floored to a multiple of 16). Default: from the input image' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l model -d 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l revision -d 'Hub revision (branch, tag or commit) of the model' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l cache-dir -d 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l device -d 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l dtype -d 'Compute dtype (default: bf16 on CUDA, f32 on CPU)' -r -f -a "bf16\t''
+f32\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s o -l output -d 'Output file, or `-` for the encoded image on stdout. Default: `<first input>-edited.png`' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l format -d 'Output format (default: from the output file\'s extension, else png)' -r -f -a "png\t''
+jpeg\t''
+webp\t''
+tiff\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l bit-depth -d 'Bits per channel: 16 for lossless downstream work (PNG and TIFF only)' -r -f -a "8\t''
+16\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l offline -d 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l overwrite -d 'Replace the output file if it exists'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l mkdir -d 'Create missing parent folders of the output file'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l vae-tiling -d 'Decode/encode the VAE in tiles (256 px tiles, 192 px stride): less memory for large images'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l json -d 'Print a JSON summary on stdout (outputs, seed, sizes, steps, model, timings)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s V -l version -d 'Print version'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand doctor" -l cache-dir -d 'Hub cache folder to inspect (default: the standard hub cache)' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand doctor" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand doctor" -l json -d 'Print the report as JSON on stdout'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand doctor" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand doctor" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand doctor" -s V -l version -d 'Print version'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l model -d 'Hub repo id, or a shorthand: `edit`, `2509`, `2511`' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l revision -d 'Hub revision (branch, tag or commit)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l token -d 'Hub token for gated or private repos' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l cache-dir -d 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l dry-run -d 'List the files and the total size, download nothing'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l json -d 'Print a JSON summary on stdout'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s V -l version -d 'Print version'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "edit" -d 'Edit one to three images following a text instruction'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "doctor" -d 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "fetch-models" -d 'Download model weights from the Hugging Face Hub into the standard hub cache'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
