@@ -52,8 +52,10 @@ def main():
     only = set(filter(None, args.only.split(",")))
     with torch.inference_mode():
         if not only or "transformer" in only:
+            torch.set_default_dtype(dt)  # build directly in bf16 (80 GB in f32 otherwise)
             with torch.device(dev):
-                tr = QwenImageTransformer2DModel(zero_cond_t=True).to(dt)
+                tr = QwenImageTransformer2DModel(zero_cond_t=True)
+            torch.set_default_dtype(torch.float32)
             randomize(tr)
             tr.eval()
             for name, shapes in [
@@ -73,8 +75,10 @@ def main():
             del tr
             torch.cuda.empty_cache()
         if not only or "vae" in only:
+            torch.set_default_dtype(dt)
             with torch.device(dev):
-                vae = AutoencoderKLQwenImage().to(dt)
+                vae = AutoencoderKLQwenImage()
+            torch.set_default_dtype(torch.float32)
             randomize(vae)
             vae.eval()
             img = torch.rand(1, 3, 1, 1024, 1024, device=dev, dtype=dt) * 2 - 1
