@@ -4,6 +4,8 @@
 //! on disk) and never sees the CLI, the hub or image files. Shared building blocks live in [`nn`].
 
 pub mod nn;
+pub mod presets;
+pub mod random;
 pub mod text_encoder;
 pub mod transformer;
 pub mod vae;
