@@ -19,7 +19,10 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Loads `weight` `[dim]` from `vb`.
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(dim, "weight")?, eps })
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+        })
     }
 
     /// Builds the layer from an existing weight `[dim]`.
@@ -56,7 +59,11 @@ pub struct LayerNormNoAffine {
 
 impl LayerNormNoAffine {
     pub fn new(dim: usize, eps: f64, dtype: DType, device: &Device) -> Result<Self> {
-        Ok(Self { eps, ones: Tensor::ones(dim, dtype, device)?, zeros: Tensor::zeros(dim, dtype, device)? })
+        Ok(Self {
+            eps,
+            ones: Tensor::ones(dim, dtype, device)?,
+            zeros: Tensor::zeros(dim, dtype, device)?,
+        })
     }
 
     /// Normalises `x` (any dtype; same dtype out).
@@ -66,7 +73,11 @@ impl LayerNormNoAffine {
         } else {
             let dim = x.dim(D::Minus1)?;
             if dim != self.ones.dim(0)? {
-                candle_core::bail!("layer norm over {} channels got input {:?}", self.ones.dim(0)?, x.shape());
+                candle_core::bail!(
+                    "layer norm over {} channels got input {:?}",
+                    self.ones.dim(0)?,
+                    x.shape()
+                );
             }
             let x = x.contiguous()?;
             let ones = self.ones.to_dtype(x.dtype())?;
@@ -94,7 +105,14 @@ mod tests {
 
     fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-        d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        d.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -105,8 +123,14 @@ mod tests {
         // Row 0: mean 2.5, var 1.25. Row 1: mean 11, var 3.
         let s0 = (1.25f32 + 1e-6).sqrt();
         let s1 = (3f32 + 1e-6).sqrt();
-        let want = Tensor::new(&[[-1.5 / s0, -0.5 / s0, 0.5 / s0, 1.5 / s0], [-1. / s1, -1. / s1, -1. / s1, 3. / s1]], &dev)
-            .unwrap();
+        let want = Tensor::new(
+            &[
+                [-1.5 / s0, -0.5 / s0, 0.5 / s0, 1.5 / s0],
+                [-1. / s1, -1. / s1, -1. / s1, 3. / s1],
+            ],
+            &dev,
+        )
+        .unwrap();
         assert!(max_abs(&y, &want) < 1e-6);
     }
 
@@ -124,7 +148,10 @@ mod tests {
     #[test]
     fn fused_half_paths_agree_with_f32_paths() {
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (3, 5, 64), &dev).unwrap().affine(3.0, 0.5).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 5, 64), &dev)
+            .unwrap()
+            .affine(3.0, 0.5)
+            .unwrap();
         let w = (Tensor::randn(0f32, 0.2, 64, &dev).unwrap() + 1.0).unwrap();
         let xb = x.to_dtype(DType::BF16).unwrap();
         let ln = LayerNormNoAffine::new(64, 1e-6, DType::BF16, &dev).unwrap();

@@ -50,7 +50,11 @@ impl ModParams {
     /// Splits `[Bt, 3·dim]` into shift, scale, gate.
     fn new(p: &Tensor) -> Result<Self> {
         let chunks = p.unsqueeze(1)?.chunk(3, D::Minus1)?; // 3 × [Bt, 1, dim]
-        Ok(Self { shift: chunks[0].clone(), scale1p: (&chunks[1] + 1.0)?, gate: chunks[2].clone() })
+        Ok(Self {
+            shift: chunks[0].clone(),
+            scale1p: (&chunks[1] + 1.0)?,
+            gate: chunks[2].clone(),
+        })
     }
 
     fn modulate(&self, x: &Tensor) -> Result<Tensor> {
@@ -67,7 +71,11 @@ impl ModParams {
 #[derive(Debug, Clone)]
 enum Modulation {
     Uniform(ModParams),
-    Split { noise_tokens: usize, t: ModParams, zero: ModParams },
+    Split {
+        noise_tokens: usize,
+        t: ModParams,
+        zero: ModParams,
+    },
 }
 
 impl Modulation {
@@ -104,7 +112,10 @@ impl Modulation {
 fn modulations(params: &Tensor, noise_tokens: Option<usize>) -> Result<(Modulation, Modulation)> {
     let halves = params.chunk(2, D::Minus1)?; // 2 × [rows, 3·dim]
     match noise_tokens {
-        None => Ok((Modulation::Uniform(ModParams::new(&halves[0])?), Modulation::Uniform(ModParams::new(&halves[1])?))),
+        None => Ok((
+            Modulation::Uniform(ModParams::new(&halves[0])?),
+            Modulation::Uniform(ModParams::new(&halves[1])?),
+        )),
         Some(n) => {
             let rows = params.dim(0)?;
             if rows % 2 != 0 {
@@ -141,7 +152,7 @@ impl FeedForward {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.proj_in.forward(x)?; // [B, S, 4·dim]
-        // tanh-GELU evaluated in f32 (PyTorch's opmath for half types), rounded once.
+                                          // tanh-GELU evaluated in f32 (PyTorch's opmath for half types), rounded once.
         let h = h.to_dtype(DType::F32)?.gelu()?.to_dtype(x.dtype())?;
         self.proj_out.forward(&h)
     }
@@ -294,7 +305,10 @@ impl QwenImageTransformerBlock {
 
         // 4. The reference clips to the f16 range only in f16.
         if img.dtype() == DType::F16 {
-            return Ok(Streams { img: img.clamp(-65504f32, 65504f32)?, txt: txt.clamp(-65504f32, 65504f32)? });
+            return Ok(Streams {
+                img: img.clamp(-65504f32, 65504f32)?,
+                txt: txt.clamp(-65504f32, 65504f32)?,
+            });
         }
         Ok(Streams { img, txt })
     }

@@ -162,9 +162,15 @@ mod tests {
 
     #[test]
     fn rejects_unsupported_configs() {
-        let cfg = TransformerConfig { guidance_embeds: true, ..Default::default() };
+        let cfg = TransformerConfig {
+            guidance_embeds: true,
+            ..Default::default()
+        };
         assert!(cfg.validate().unwrap_err().contains("guidance_embeds"));
-        let cfg = TransformerConfig { axes_dims_rope: [16, 56, 54], ..Default::default() };
+        let cfg = TransformerConfig {
+            axes_dims_rope: [16, 56, 54],
+            ..Default::default()
+        };
         assert!(cfg.validate().unwrap_err().contains("axes_dims_rope"));
     }
 }

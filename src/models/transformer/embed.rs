@@ -32,7 +32,9 @@ pub fn timestep_sinusoid(t: &Tensor, dim: usize) -> Result<Tensor> {
     let log_period = TIMESTEP_MAX_PERIOD.ln() as f32;
     let denom = (half as f64 - TIMESTEP_FREQ_SHIFT) as f32;
     let freqs: Vec<f32> = (0..half).map(|k| (-log_period * k as f32 / denom).exp()).collect();
-    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?.to_dtype(t.dtype())?.to_dtype(DType::F32)?;
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?
+        .to_dtype(t.dtype())?
+        .to_dtype(DType::F32)?;
     let t = t.to_dtype(DType::F32)?.reshape((n, 1))?;
     let arg = (t.broadcast_mul(&freqs)? * TIMESTEP_SCALE)?; // [N, half]
     let mut emb = Tensor::cat(&[arg.cos()?, arg.sin()?], 1)?; // [N, 2·half]
@@ -151,7 +153,10 @@ fn axis_table(dim: usize, device: &Device) -> Result<(Tensor, Tensor)> {
             sin.push(angle.sin() as f32);
         }
     }
-    Ok((Tensor::from_vec(cos, (n, half), device)?, Tensor::from_vec(sin, (n, half), device)?))
+    Ok((
+        Tensor::from_vec(cos, (n, half), device)?,
+        Tensor::from_vec(sin, (n, half), device)?,
+    ))
 }
 
 impl QwenEmbedRope {
@@ -162,7 +167,11 @@ impl QwenEmbedRope {
         let t0 = axis_table(axes_dim[0], device)?;
         let t1 = axis_table(axes_dim[1], device)?;
         let t2 = axis_table(axes_dim[2], device)?;
-        Ok(Self { axes_dim, cos: [t0.0, t1.0, t2.0], sin: [t0.1, t1.1, t2.1] })
+        Ok(Self {
+            axes_dim,
+            cos: [t0.0, t1.0, t2.0],
+            sin: [t0.1, t1.1, t2.1],
+        })
     }
 
     /// Channels rotated per head (`sum(axes_dim)`).
@@ -240,7 +249,11 @@ mod tests {
         let e = timestep_sinusoid(&t, 8).unwrap().to_vec2::<f32>().unwrap();
         // half 4: f_k = 10000^(-k/4) = 1, 0.1, 0.01, 0.001; arg = 500·f_k.
         let arg = [500f64, 50., 5., 0.5];
-        let want: Vec<f32> = arg.iter().map(|a| a.cos() as f32).chain(arg.iter().map(|a| a.sin() as f32)).collect();
+        let want: Vec<f32> = arg
+            .iter()
+            .map(|a| a.cos() as f32)
+            .chain(arg.iter().map(|a| a.sin() as f32))
+            .collect();
         assert!(close(&e[0], &want, 2e-4), "{:?} vs {want:?}", e[0]);
         assert_eq!(e[1], vec![1., 1., 1., 1., 0., 0., 0., 0.]);
     }
@@ -270,21 +283,35 @@ mod tests {
         let tc = f.txt_cos.to_vec2::<f32>().unwrap();
         let ts = f.txt_sin.to_vec2::<f32>().unwrap();
         for &(tok, pair, c, sn) in REF_IMG_ANGLES {
-            assert!((ic[tok][pair] - c).abs() < 1e-6 && (is[tok][pair] - sn).abs() < 1e-6, "img token {tok} pair {pair}");
+            assert!(
+                (ic[tok][pair] - c).abs() < 1e-6 && (is[tok][pair] - sn).abs() < 1e-6,
+                "img token {tok} pair {pair}"
+            );
         }
         for &(tok, pair, c, sn) in REF_TXT_ANGLES {
-            assert!((tc[tok][pair] - c).abs() < 1e-6 && (ts[tok][pair] - sn).abs() < 1e-6, "txt token {tok} pair {pair}");
+            assert!(
+                (tc[tok][pair] - c).abs() < 1e-6 && (ts[tok][pair] - sn).abs() < 1e-6,
+                "txt token {tok} pair {pair}"
+            );
         }
     }
 
     #[test]
     fn rope_rotates_interleaved_pairs() {
         let dev = Device::Cpu;
-        let x = Tensor::new(&[1f32, 2., 3., 4.], &dev).unwrap().reshape((1, 1, 1, 4)).unwrap();
+        let x = Tensor::new(&[1f32, 2., 3., 4.], &dev)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
         let (a, b) = (0.3f32, -1.1f32);
         let cos = Tensor::new(&[[a.cos(), b.cos()]], &dev).unwrap();
         let sin = Tensor::new(&[[a.sin(), b.sin()]], &dev).unwrap();
-        let y = apply_rope(&x, &cos, &sin).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = apply_rope(&x, &cos, &sin)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let want = [
             1. * a.cos() - 2. * a.sin(),
             1. * a.sin() + 2. * a.cos(),
@@ -295,10 +322,38 @@ mod tests {
     }
 
     // Generated with /work/venv-ref (diffusers 0.42.1).
-    #[rustfmt::skip]
-    const REF_SINUSOID_0_7: [f32; 8] = [-8.39104295e-01, -4.61854577e-01, -3.62654030e-02, 9.97172117e-01, 5.43970525e-01, -8.86955678e-01, -7.13720620e-01, 7.51516074e-02];
-    #[rustfmt::skip]
-    const REF_IMG_ANGLES: &[(usize, usize, f32, f32)] = &[(0, 0, 1.00000000e+00, 0.00000000e+00), (0, 3, 1.00000000e+00, 0.00000000e+00), (0, 4, -4.16146845e-01, -9.09297407e-01), (0, 9, 9.99999583e-01, -9.28317779e-04), (0, 10, -4.16146845e-01, -9.09297407e-01), (0, 15, 9.99999583e-01, -9.28317779e-04), (5, 5, 9.76881683e-01, -2.13780642e-01), (7, 13, 9.99949992e-01, 9.99983307e-03), (11, 8, 1.00000000e+00, 0.00000000e+00), (12, 0, 5.40302277e-01, 8.41470957e-01), (12, 2, 9.99949992e-01, 9.99983307e-03), (13, 6, 9.98923004e-01, -4.63992208e-02), (15, 15, 1.00000000e+00, 0.00000000e+00), (14, 11, 9.76881683e-01, -2.13780642e-01)];
-    #[rustfmt::skip]
-    const REF_TXT_ANGLES: &[(usize, usize, f32, f32)] = &[(0, 0, -4.16146845e-01, 9.09297407e-01), (0, 5, 9.08595681e-01, 4.17676806e-01), (1, 1, 9.55336511e-01, 2.95520216e-01), (1, 12, 9.90320683e-01, 1.38798088e-01), (2, 3, 9.99992013e-01, 3.99998948e-03), (2, 15, 9.99998271e-01, 1.85663474e-03)];
+    const REF_SINUSOID_0_7: [f32; 8] = [
+        -0.8391043,
+        -0.46185458,
+        -0.036265403,
+        0.9971721,
+        0.5439705,
+        -0.8869557,
+        -0.7137206,
+        0.07515161,
+    ];
+    const REF_IMG_ANGLES: &[(usize, usize, f32, f32)] = &[
+        (0, 0, 1.0, 0.0),
+        (0, 3, 1.0, 0.0),
+        (0, 4, -0.41614684, -0.9092974),
+        (0, 9, 0.9999996, -0.0009283178),
+        (0, 10, -0.41614684, -0.9092974),
+        (0, 15, 0.9999996, -0.0009283178),
+        (5, 5, 0.9768817, -0.21378064),
+        (7, 13, 0.99995, 0.009999833),
+        (11, 8, 1.0, 0.0),
+        (12, 0, 0.5403023, 0.84147096),
+        (12, 2, 0.99995, 0.009999833),
+        (13, 6, 0.998923, -0.04639922),
+        (15, 15, 1.0, 0.0),
+        (14, 11, 0.9768817, -0.21378064),
+    ];
+    const REF_TXT_ANGLES: &[(usize, usize, f32, f32)] = &[
+        (0, 0, -0.41614684, 0.9092974),
+        (0, 5, 0.9085957, 0.4176768),
+        (1, 1, 0.9553365, 0.29552022),
+        (1, 12, 0.9903207, 0.13879809),
+        (2, 3, 0.999992, 0.0039999895),
+        (2, 15, 0.9999983, 0.0018566347),
+    ];
 }

@@ -6,10 +6,10 @@
 //! only by the frame axis of the 3-axis RoPE ("MSRoPE"). Edit-2511 (`zero_cond_t`) modulates the reference
 //! tokens with the embedding of t = 0.
 //!
-//! - [`config`]: `transformer/config.json`.
-//! - [`embed`]: timestep embedding and MSRoPE tables.
-//! - [`block`]: one dual-stream block (modulation, joint attention, MLPs).
-//! - [`model`]: the whole network, loading and forward.
+//! - [`config`] parses `transformer/config.json`;
+//! - [`embed`] holds the timestep embedding and the MSRoPE tables;
+//! - [`block`] is one dual-stream block (modulation, joint attention, MLPs);
+//! - [`model`] is the whole network, its loading and forward.
 
 pub mod block;
 pub mod config;

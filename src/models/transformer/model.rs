@@ -44,7 +44,10 @@ impl AdaLayerNormContinuous {
         let emb = self.linear.forward(temb_act)?.unsqueeze(1)?; // [Bt, 1, 2·dim]
         let chunks = emb.chunk(2, 2)?;
         let (scale, shift) = (&chunks[0], &chunks[1]);
-        self.norm.forward(x)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+        self.norm
+            .forward(x)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(shift)
     }
 }
 
@@ -81,8 +84,12 @@ impl QwenImageTransformer2DModel {
     /// Loads the diffusers `transformer/` folder `dir` (config.json + one safetensors file or shards
     /// listed by `*.safetensors.index.json`) in `dtype` on `device`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> anyhow::Result<Self> {
-        let cfg: TransformerConfig = read_config(dir)
-            .map_err(|e| UserError::model_missing(format!("cannot read the transformer config in {}: {e:#}", dir.display())))?;
+        let cfg: TransformerConfig = read_config(dir).map_err(|e| {
+            UserError::model_missing(format!(
+                "cannot read the transformer config in {}: {e:#}",
+                dir.display()
+            ))
+        })?;
         if let Err(why) = cfg.validate() {
             return Err(UserError::model_missing(format!(
                 "unsupported transformer config {}: {why}",
@@ -93,7 +100,9 @@ impl QwenImageTransformer2DModel {
         let weights = ComponentWeights::open(dir)
             .map_err(|e| UserError::model_missing(format!("cannot open the transformer weights: {e}")))?;
         let vb = weights.into_var_builder(dtype, device);
-        Self::new(&cfg, vb).map_err(|e| classify_load_error(e, dir)).with_context(|| format!("loading the transformer from {}", dir.display()))
+        Self::new(&cfg, vb)
+            .map_err(|e| classify_load_error(e, dir))
+            .with_context(|| format!("loading the transformer from {}", dir.display()))
     }
 
     /// Builds the model from `vb` (root of the transformer's tensors).
@@ -157,8 +166,15 @@ impl QwenImageTransformer2DModel {
         timestep: &Tensor,
         img_shapes: &[(usize, usize, usize)],
     ) -> Result<Tensor> {
-        self.run(hidden_states, encoder_hidden_states, encoder_hidden_states_mask, timestep, img_shapes, false)
-            .map(|(out, _)| out)
+        self.run(
+            hidden_states,
+            encoder_hidden_states,
+            encoder_hidden_states_mask,
+            timestep,
+            img_shapes,
+            false,
+        )
+        .map(|(out, _)| out)
     }
 
     /// [`Self::forward`] that also returns the intermediates the parity tests compare.
@@ -170,8 +186,14 @@ impl QwenImageTransformer2DModel {
         timestep: &Tensor,
         img_shapes: &[(usize, usize, usize)],
     ) -> Result<(Tensor, Intermediates)> {
-        let (out, dbg) =
-            self.run(hidden_states, encoder_hidden_states, encoder_hidden_states_mask, timestep, img_shapes, true)?;
+        let (out, dbg) = self.run(
+            hidden_states,
+            encoder_hidden_states,
+            encoder_hidden_states_mask,
+            timestep,
+            img_shapes,
+            true,
+        )?;
         match dbg {
             Some(dbg) => Ok((out, dbg)),
             None => candle_core::bail!("intermediates were not recorded"),
@@ -193,11 +215,17 @@ impl QwenImageTransformer2DModel {
             d => candle_core::bail!("hidden_states must be [B, S_img, {}], got {d:?}", cfg.in_channels),
         };
         if c_img != cfg.in_channels {
-            candle_core::bail!("hidden_states has {c_img} features per token, the model expects {}", cfg.in_channels);
+            candle_core::bail!(
+                "hidden_states has {c_img} features per token, the model expects {}",
+                cfg.in_channels
+            );
         }
         let (bt, s_txt, c_txt) = match encoder_hidden_states.dims() {
             &[b, s, c] => (b, s, c),
-            d => candle_core::bail!("encoder_hidden_states must be [B, S_txt, {}], got {d:?}", cfg.joint_attention_dim),
+            d => candle_core::bail!(
+                "encoder_hidden_states must be [B, S_txt, {}], got {d:?}",
+                cfg.joint_attention_dim
+            ),
         };
         if bt != b || c_txt != cfg.joint_attention_dim {
             candle_core::bail!(
@@ -222,7 +250,11 @@ impl QwenImageTransformer2DModel {
         if img_shapes.is_empty() {
             candle_core::bail!("img_shapes is empty (it must list the noise grid first)");
         }
-        if let Some((i, s)) = img_shapes.iter().enumerate().find(|(_, &(f, h, w))| f == 0 || h == 0 || w == 0) {
+        if let Some((i, s)) = img_shapes
+            .iter()
+            .enumerate()
+            .find(|(_, &(f, h, w))| f == 0 || h == 0 || w == 0)
+        {
             candle_core::bail!("img_shapes[{i}] = {s:?} has an empty axis");
         }
         let total: usize = img_shapes.iter().map(|&(f, h, w)| f * h * w).sum();
@@ -244,21 +276,36 @@ impl QwenImageTransformer2DModel {
         img_shapes: &[(usize, usize, usize)],
         record: bool,
     ) -> Result<(Tensor, Option<Intermediates>)> {
-        let (b, s_img, s_txt, noise_tokens) =
-            self.check_inputs(hidden_states, encoder_hidden_states, encoder_hidden_states_mask, timestep, img_shapes)?;
+        let (b, s_img, s_txt, noise_tokens) = self.check_inputs(
+            hidden_states,
+            encoder_hidden_states,
+            encoder_hidden_states_mask,
+            timestep,
+            img_shapes,
+        )?;
         let dtype = self.dtype;
 
         // 1. Input projections: [B, S_img, dim] and [B, S_txt, dim].
         let img = self.img_in.forward(&hidden_states.to_dtype(dtype)?)?;
-        let txt = self.txt_in.forward(&self.txt_norm.forward(&encoder_hidden_states.to_dtype(dtype)?)?)?;
+        let txt = self
+            .txt_in
+            .forward(&self.txt_norm.forward(&encoder_hidden_states.to_dtype(dtype)?)?)?;
 
         // 2. Timestep embedding; with zero_cond_t the batch is [t, 0·t].
         let t = timestep.to_dtype(dtype)?;
-        let t = if self.cfg.zero_cond_t { Tensor::cat(&[&t, &t.zeros_like()?], 0)? } else { t };
+        let t = if self.cfg.zero_cond_t {
+            Tensor::cat(&[&t, &t.zeros_like()?], 0)?
+        } else {
+            t
+        };
         let temb = self.time_text_embed.forward(&t)?; // [Bt(·2), dim]
         let temb_act = temb.silu()?;
         let bt = timestep.dim(0)?;
-        let temb_txt = if self.cfg.zero_cond_t { temb_act.narrow(0, 0, bt)? } else { temb_act.clone() };
+        let temb_txt = if self.cfg.zero_cond_t {
+            temb_act.narrow(0, 0, bt)?
+        } else {
+            temb_act.clone()
+        };
 
         // 3. RoPE tables of this call's tokens.
         let rope = self.pos_embed.forward(img_shapes, s_txt)?;
@@ -301,7 +348,14 @@ impl QwenImageTransformer2DModel {
 
         let dbg = if record {
             let (block0_img, block0_txt) = block0.unwrap_or_else(|| (img_in.clone(), txt_in.clone()));
-            Some(Intermediates { temb, txt_in, img_in, block0_img, block0_txt, norm_out: normed })
+            Some(Intermediates {
+                temb,
+                txt_in,
+                img_in,
+                block0_img,
+                block0_txt,
+                norm_out: normed,
+            })
         } else {
             None
         };
@@ -317,7 +371,11 @@ fn classify_load_error(e: candle_core::Error, dir: &Path) -> anyhow::Error {
     if is_device_failure(&e) {
         UserError::device(format!("the GPU failed while loading the transformer: {msg}")).into()
     } else {
-        UserError::model_missing(format!("the transformer weights in {} are incomplete: {msg}", dir.display())).into()
+        UserError::model_missing(format!(
+            "the transformer weights in {} are incomplete: {msg}",
+            dir.display()
+        ))
+        .into()
     }
 }
 
@@ -332,7 +390,9 @@ fn is_device_failure(e: &candle_core::Error) -> bool {
     use candle_core::Error as E;
     match e {
         E::Cuda(_) => true,
-        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => is_device_failure(inner),
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
+            is_device_failure(inner)
+        }
         _ => false,
     }
 }
