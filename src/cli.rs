@@ -222,6 +222,15 @@ pub struct FetchModelsArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Don't touch the network: report whether the cache already holds a complete snapshot
+    /// (exit 0) or not (exit 4). Also HF_HUB_OFFLINE=1.
+    #[arg(long)]
+    pub offline: bool,
+
+    /// Files downloaded at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32), value_name = "N")]
+    pub jobs: u16,
+
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,

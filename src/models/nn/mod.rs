@@ -1,5 +1,6 @@
 //! Building blocks shared by all networks.
 
 pub mod attention;
+pub mod norm;
 
 pub use attention::{attention, AttnMask};

@@ -142,6 +142,11 @@ impl PromptEncoder {
         self.processor.process_image(img)
     }
 
+    /// The image as the processor resizes it (bicubic to the `smart_resize` size).
+    pub fn resized_image(&self, img: &RgbImage) -> anyhow::Result<RgbImage> {
+        self.processor.resized(img)
+    }
+
     /// Token ids of the template with `<|image_pad|>` expanded for `images`.
     pub fn build_input_ids(&self, template: Template, prompt: &str, images: &[ProcessedImage]) -> anyhow::Result<Vec<u32>> {
         let merge = self.cfg.vision.spatial_merge_size;

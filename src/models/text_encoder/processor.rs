@@ -95,6 +95,12 @@ impl ImageProcessor {
         smart_resize(height, width, c.patch_size * c.merge_size, c.min_pixels, c.max_pixels)
     }
 
+    /// The image resized to the processor's target size (unchanged when it already has that size).
+    pub fn resized(&self, img: &RgbImage) -> anyhow::Result<RgbImage> {
+        let (h, w) = self.target_size(img.height() as usize, img.width() as usize)?;
+        Ok(resize_bicubic(img, w as u32, h as u32))
+    }
+
     /// Preprocesses one RGB image into `pixel_values` and `grid_thw`.
     pub fn process_image(&self, img: &RgbImage) -> anyhow::Result<ProcessedImage> {
         let c = &self.cfg;
