@@ -80,6 +80,22 @@ pub enum Command {
     #[command(after_long_help = AFTER_HELP)]
     FetchModels(FetchModelsArgs),
 
+    /// Run many edits with one loaded model: JSON lines in, one JSON result line per job out.
+    ///
+    /// Each input line is a job: {"prompt", "image" | "image_url" | "image_base64" | "image_path" |
+    /// "images": [...], "output", "negative_prompt", "seed", "steps", "true_cfg_scale", "width",
+    /// "height", "output_format"}. Results go to stdout in input order; a failed job is reported and
+    /// the batch goes on; the exit code is 1 if any job failed.
+    #[command(after_long_help = AFTER_HELP)]
+    Batch(BatchArgs),
+
+    /// Time the full-size networks with random weights on a device (for comparing hardware).
+    ///
+    /// Builds the transformer and the VAE at their published sizes with random weights in the
+    /// compute dtype, then times transformer forwards (per size and reference count) and VAE
+    /// encode/decode. `bench/diffusers_bench.py` measures diffusers on the same shapes.
+    Bench(BenchArgs),
+
     /// Print a shell completion script to stdout.
     Completions(CompletionsArgs),
 }
@@ -232,6 +248,71 @@ pub struct FetchModelsArgs {
     pub jobs: u16,
 
     /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// JSON-lines job file, or `-` (default) for stdin.
+    #[arg(value_name = "FILE")]
+    pub input: Option<String>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Folder for jobs without an `output` path (named `<line index>.png`).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Replace existing output files.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Create missing output folders.
+    #[arg(long)]
+    pub mkdir: bool,
+
+    /// Tiled VAE encode/decode.
+    #[arg(long)]
+    pub vae_tiling: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Components to time: transformer, vae (default: both).
+    #[arg(long = "component", value_name = "NAME")]
+    pub components: Vec<String>,
+
+    /// Square image sizes in pixels.
+    #[arg(long = "size", default_values_t = [1024usize, 512])]
+    pub sizes: Vec<usize>,
+
+    /// Reference image counts for the transformer.
+    #[arg(long = "refs", default_values_t = [1usize, 2])]
+    pub refs: Vec<usize>,
+
+    /// Text tokens for the transformer.
+    #[arg(long, default_value_t = 230)]
+    pub txt_len: usize,
+
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+
+    /// Device: `cuda`, `cuda:N` or `cpu`.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+
+    /// Compute dtype (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+
+    /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -9,6 +9,7 @@ pub mod docs;
 pub mod error;
 pub mod hub;
 pub mod io;
+pub mod jobs;
 pub mod logging;
 pub mod models;
 pub mod pipeline;

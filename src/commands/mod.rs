@@ -1,9 +1,13 @@
 //! One module per subcommand; each `run` returns the process exit code.
 
+pub mod batch;
+pub mod bench;
+pub mod common;
 pub mod completions;
 pub mod doctor;
 pub mod edit;
 pub mod fetch_models;
+pub mod model;
 
 use std::io::Write;
 
@@ -17,6 +21,8 @@ pub fn dispatch(command: Command, printer: Printer) -> anyhow::Result<u8> {
         Command::Edit(args) => edit::run(args, printer),
         Command::Doctor(args) => doctor::run(args, printer),
         Command::FetchModels(args) => fetch_models::run(args, printer),
+        Command::Batch(args) => batch::run(args, printer),
+        Command::Bench(args) => bench::run(args, printer),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -4,7 +4,6 @@
 //! The models are loaded once; [`EditPipeline::run`] takes one request at a time, so batch mode and
 //! the worker reuse a loaded pipeline.
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -19,7 +18,7 @@ use crate::models::vae::{self, AutoencoderKLQwenImage, TilingMode};
 use crate::pipeline::latents::{calculate_dimensions, pack, unpack, CONDITION_IMAGE_AREA, VAE_IMAGE_AREA};
 use crate::pipeline::layout::{ModelFolder, PipelineKind};
 use crate::pipeline::noise::torch_randn;
-use crate::pipeline::scheduler::{calculate_shift, FlowMatchEulerScheduler, SchedulerConfig};
+use crate::pipeline::scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
 
 /// The negative prompt of the model cards, used when CFG is on and none is given.
 pub const DEFAULT_NEGATIVE_PROMPT: &str = " ";
@@ -90,7 +89,7 @@ pub struct EditPipeline {
 impl EditPipeline {
     /// Loads every component of `folder` onto `device` in `dtype`.
     pub fn load(folder: &ModelFolder, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        let scheduler: SchedulerConfig = read_json(&folder.component("scheduler").join("scheduler_config.json"))?;
+        let scheduler = SchedulerConfig::from_dir(&folder.component("scheduler"))?;
         let text_encoder =
             PromptEncoder::load(&folder.component("text_encoder"), &folder.component("processor"), dtype, device)
                 .context("loading the text encoder")?;
@@ -208,14 +207,8 @@ impl EditPipeline {
         // 5. Timesteps: mu from the noise tokens only.
         let steps = req.steps.unwrap_or(self.kind.default_steps());
         let mut scheduler = FlowMatchEulerScheduler::new(self.scheduler.clone());
-        let mu = calculate_shift(
-            n_out,
-            self.scheduler.base_image_seq_len,
-            self.scheduler.max_image_seq_len,
-            self.scheduler.base_shift,
-            self.scheduler.max_shift,
-        );
-        scheduler.set_timesteps(steps, Some(mu));
+        let mu = self.scheduler.mu(n_out);
+        scheduler.set_timesteps(steps, mu)?;
         let timesteps: Vec<f32> = scheduler.timesteps().to_vec();
         observer.on_start(timesteps.len());
 
@@ -293,9 +286,4 @@ fn check_finite(latents: &Tensor, step: usize) -> anyhow::Result<()> {
         anyhow::bail!("the latents became NaN/inf at step {} (numerical failure in the model)", step + 1);
     }
     Ok(())
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
 }

@@ -1,0 +1,139 @@
+//! `qwen-edit bench`: time the full-size networks with random weights on a device.
+//!
+//! Builds each component at its published size ([`crate::models::presets`]) with random weights
+//! ([`crate::models::random`]) in the target dtype on the device, then times the transformer
+//! forward at given sizes and reference counts, VAE encode/decode and prompt encoding. The shapes and
+//! names match `bench/diffusers_bench.py`, which measures diffusers on the same card.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+
+use crate::cli::BenchArgs;
+use crate::device::DeviceSpec;
+use crate::models::random::RandomWeights;
+use crate::models::transformer::{QwenImageTransformer2DModel, TransformerConfig};
+use crate::models::vae::{AutoencoderKLQwenImage, VaeConfig};
+use crate::models::presets;
+use crate::printer::Printer;
+
+#[derive(Debug, serde::Serialize)]
+struct BenchResult {
+    name: String,
+    ms: f64,
+    tokens: Option<usize>,
+    build_s: f64,
+    finite: bool,
+}
+
+pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
+    let spec = DeviceSpec::parse(&args.device)?;
+    let device = spec.open()?;
+    let dtype = spec.dtype(args.dtype);
+    let components: Vec<String> = args.components.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let want = |c: &str| components.is_empty() || components.iter().any(|x| x == c || x == "all");
+    let mut results = Vec::new();
+
+    if want("transformer") {
+        let cfg: TransformerConfig = serde_json::from_str(presets::TRANSFORMER_2511)?;
+        printer.status(format!("building the full-size transformer ({} layers) with random weights", cfg.num_layers));
+        let t0 = Instant::now();
+        let model = QwenImageTransformer2DModel::new(&cfg, RandomWeights::var_builder(dtype, &device))
+            .context("building the transformer")?;
+        sync(&device)?;
+        let build_s = t0.elapsed().as_secs_f64();
+        for &size in &args.sizes {
+            for &refs in &args.refs {
+                let g = size / 16;
+                let shapes: Vec<(usize, usize, usize)> = (0..=refs).map(|_| (1, g, g)).collect();
+                let s_img: usize = shapes.iter().map(|(f, h, w)| f * h * w).sum();
+                let x = Tensor::randn(0f32, 1.0, (1, s_img, cfg.in_channels), &device)?.to_dtype(dtype)?;
+                let c = Tensor::randn(0f32, 1.0, (1, args.txt_len, cfg.joint_attention_dim), &device)?.to_dtype(dtype)?;
+                let t = Tensor::new(&[0.5f32], &device)?.to_dtype(dtype)?;
+                let mut last = None;
+                let ms = time_ms(&device, args.warmup, args.iters, || {
+                    last = Some(model.forward(&x, &c, None, &t, &shapes)?);
+                    Ok(())
+                })?;
+                let finite = last.as_ref().map(is_finite).transpose()?.unwrap_or(false);
+                results.push(BenchResult {
+                    name: format!("transformer_{size}_{refs}ref"),
+                    ms,
+                    tokens: Some(s_img + args.txt_len),
+                    build_s,
+                    finite,
+                });
+            }
+        }
+    }
+    if want("vae") {
+        let cfg: VaeConfig = serde_json::from_str(presets::VAE)?;
+        let t0 = Instant::now();
+        let vae = AutoencoderKLQwenImage::new(&cfg, RandomWeights::var_builder(dtype, &device)).context("building the VAE")?;
+        sync(&device)?;
+        let build_s = t0.elapsed().as_secs_f64();
+        for &size in &args.sizes {
+            let f = vae.spatial_scale_factor();
+            let img = Tensor::rand(-1f32, 1.0, (1, 3, size, size), &device)?.to_dtype(dtype)?;
+            let z = Tensor::randn(0f32, 1.0, (1, cfg.z_dim, size / f, size / f), &device)?.to_dtype(dtype)?;
+            let mut last = None;
+            let ms = time_ms(&device, args.warmup, args.iters, || {
+                last = Some(vae.encode(&img)?);
+                Ok(())
+            })?;
+            let finite = last.take().as_ref().map(is_finite).transpose()?.unwrap_or(false);
+            results.push(BenchResult { name: format!("vae_encode_{size}"), ms, tokens: None, build_s, finite });
+            let ms = time_ms(&device, args.warmup, args.iters, || {
+                last = Some(vae.decode(&z)?);
+                Ok(())
+            })?;
+            let finite = last.take().as_ref().map(is_finite).transpose()?.unwrap_or(false);
+            results.push(BenchResult { name: format!("vae_decode_{size}"), ms, tokens: None, build_s, finite });
+        }
+    }
+
+    if args.json {
+        let out = serde_json::json!({
+            "device": args.device,
+            "dtype": format!("{dtype:?}").to_lowercase(),
+            "results": results,
+        });
+        println!("{out}");
+    } else {
+        println!("{:<28} {:>10} {:>8} {:>9} {:>7}", "name", "ms", "tokens", "build s", "finite");
+        for r in &results {
+            let tokens = r.tokens.map(|t| t.to_string()).unwrap_or_default();
+            println!("{:<28} {:>10.2} {:>8} {:>9.1} {:>7}", r.name, r.ms, tokens, r.build_s, r.finite);
+        }
+    }
+    Ok(if results.iter().all(|r| r.finite) { 0 } else { 1 })
+}
+
+fn sync(device: &Device) -> anyhow::Result<()> {
+    device.synchronize()?;
+    Ok(())
+}
+
+fn is_finite(t: &Tensor) -> candle_core::Result<bool> {
+    let s = t.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+    Ok(s.is_finite())
+}
+
+/// Median wall time of `iters` runs after `warmup` runs, synchronising the device around each.
+fn time_ms(device: &Device, warmup: usize, iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    sync(device)?;
+    let mut ts = Vec::with_capacity(iters.max(1));
+    for _ in 0..iters.max(1) {
+        sync(device)?;
+        let t0 = Instant::now();
+        f()?;
+        sync(device)?;
+        ts.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    Ok(ts[ts.len() / 2])
+}
