@@ -23,18 +23,16 @@ pub const ROPE_THETA: f64 = 10000.0;
 pub const ROPE_TABLE_ROWS: usize = 4096;
 
 /// Sinusoidal embedding `[cos(1000·t·f_k) | sin(1000·t·f_k)]`, `f_k = exp(−ln(10000)·k/(half − shift))`
-/// (`flip_sin_to_cos=True` puts cos first). `t: [N]` in the model dtype; the frequencies are rounded
-/// through that dtype as the reference does (`exp(exponent).to(timesteps.dtype)`), the arguments and
-/// sin/cos are f32. Returns `[N, dim]` f32.
+/// (`flip_sin_to_cos=True` puts cos first), as `embeddings.get_timestep_embedding`: frequencies,
+/// arguments and sin/cos in f32 whatever the dtype of `t: [N]` (the model rounds t itself to its dtype
+/// first). Returns `[N, dim]` f32.
 pub fn timestep_sinusoid(t: &Tensor, dim: usize) -> Result<Tensor> {
     let n = t.dims1()?;
     let half = dim / 2;
     let log_period = TIMESTEP_MAX_PERIOD.ln() as f32;
     let denom = (half as f64 - TIMESTEP_FREQ_SHIFT) as f32;
     let freqs: Vec<f32> = (0..half).map(|k| (-log_period * k as f32 / denom).exp()).collect();
-    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?
-        .to_dtype(t.dtype())?
-        .to_dtype(DType::F32)?;
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
     let t = t.to_dtype(DType::F32)?.reshape((n, 1))?;
     let arg = (t.broadcast_mul(&freqs)? * TIMESTEP_SCALE)?; // [N, half]
     let mut emb = Tensor::cat(&[arg.cos()?, arg.sin()?], 1)?; // [N, 2·half]
@@ -268,6 +266,18 @@ mod tests {
         let got: Vec<f32> = idx.iter().map(|&i| e[0][i]).collect();
         let want = REF_SINUSOID_0_7;
         assert!(close(&got, &want, 2e-5), "{got:?} vs {want:?}");
+    }
+
+    #[test]
+    fn timestep_sinusoid_keeps_f32_frequencies_for_half_timesteps() {
+        // embeddings.get_timestep_embedding multiplies `t.float()` by f32 frequencies: a bf16 t only
+        // rounds t (0.73 → 0.73046875), never the frequencies.
+        let dev = Device::Cpu;
+        let t16 = Tensor::new(&[0.73f32], &dev).unwrap().to_dtype(DType::BF16).unwrap();
+        let got = timestep_sinusoid(&t16, 256).unwrap().to_vec2::<f32>().unwrap();
+        let t32 = Tensor::new(&[0.73046875f32], &dev).unwrap();
+        let want = timestep_sinusoid(&t32, 256).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -9,7 +9,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
@@ -84,12 +83,7 @@ impl QwenImageTransformer2DModel {
     /// Loads the diffusers `transformer/` folder `dir` (config.json + one safetensors file or shards
     /// listed by `*.safetensors.index.json`) in `dtype` on `device`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> anyhow::Result<Self> {
-        let cfg: TransformerConfig = read_config(dir).map_err(|e| {
-            UserError::model_missing(format!(
-                "cannot read the transformer config in {}: {e:#}",
-                dir.display()
-            ))
-        })?;
+        let cfg: TransformerConfig = read_config(dir).map_err(|e| UserError::model_missing(format!("{e:#}")))?;
         if let Err(why) = cfg.validate() {
             return Err(UserError::model_missing(format!(
                 "unsupported transformer config {}: {why}",
@@ -100,9 +94,7 @@ impl QwenImageTransformer2DModel {
         let weights = ComponentWeights::open(dir)
             .map_err(|e| UserError::model_missing(format!("cannot open the transformer weights: {e}")))?;
         let vb = weights.into_var_builder(dtype, device);
-        Self::new(&cfg, vb)
-            .map_err(|e| classify_load_error(e, dir))
-            .with_context(|| format!("loading the transformer from {}", dir.display()))
+        Self::new(&cfg, vb).map_err(classify_load_error)
     }
 
     /// Builds the model from `vb` (root of the transformer's tensors).
@@ -366,16 +358,12 @@ impl QwenImageTransformer2DModel {
 /// Sorts an error from building the model: GPU failures keep their class (exit 5), everything else
 /// (a missing or mis-shaped tensor, named with its shard by the weight loader) means the weights are
 /// incomplete (exit 4).
-fn classify_load_error(e: candle_core::Error, dir: &Path) -> anyhow::Error {
+fn classify_load_error(e: candle_core::Error) -> anyhow::Error {
     let msg = without_backtrace(&e).to_string();
     if is_device_failure(&e) {
         UserError::device(format!("the GPU failed while loading the transformer: {msg}")).into()
     } else {
-        UserError::model_missing(format!(
-            "the transformer weights in {} are incomplete: {msg}",
-            dir.display()
-        ))
-        .into()
+        UserError::model_missing(format!("incomplete transformer weights: {msg}")).into()
     }
 }
 
