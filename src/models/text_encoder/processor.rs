@@ -46,7 +46,10 @@ pub fn smart_resize(
     }
     let (h, w, f) = (height as f64, width as f64, factor as f64);
     if h.max(w) / h.min(w) > MAX_ASPECT_RATIO {
-        anyhow::bail!("absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {}", h.max(w) / h.min(w));
+        anyhow::bail!(
+            "absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {}",
+            h.max(w) / h.min(w)
+        );
     }
     let mut h_bar = ((h / f).round_ties_even() as usize) * factor;
     let mut w_bar = ((w / f).round_ties_even() as usize) * factor;
@@ -107,7 +110,10 @@ impl ImageProcessor {
         let (h, w) = self.target_size(img.height() as usize, img.width() as usize)?;
         let (p, m, t) = (c.patch_size, c.merge_size, c.temporal_patch_size);
         if h % (p * m) != 0 || w % (p * m) != 0 {
-            anyhow::bail!("image of {w}x{h} is not a multiple of patch_size·merge_size = {}", p * m);
+            anyhow::bail!(
+                "image of {w}x{h} is not a multiple of patch_size·merge_size = {}",
+                p * m
+            );
         }
         let resized;
         let img = if (img.width() as usize, img.height() as usize) != (w, h) {
@@ -123,7 +129,11 @@ impl ImageProcessor {
             let (x, y) = (x as usize, y as usize);
             for ch in 0..3 {
                 let v = px.0[ch];
-                let mut f = if c.do_rescale { (v as f64 * c.rescale_factor) as f32 } else { v as f32 };
+                let mut f = if c.do_rescale {
+                    (v as f64 * c.rescale_factor) as f32
+                } else {
+                    v as f32
+                };
                 if c.do_normalize {
                     f = (f - c.image_mean[ch] as f32) / c.image_std[ch] as f32;
                 }
@@ -154,7 +164,10 @@ impl ImageProcessor {
             }
         }
         let pixel_values = Tensor::from_vec(out, (gh * gw, row_len), &Device::Cpu)?;
-        Ok(ProcessedImage { pixel_values, grid_thw: [1, gh, gw] })
+        Ok(ProcessedImage {
+            pixel_values,
+            grid_thw: [1, gh, gw],
+        })
     }
 }
 
