@@ -42,23 +42,43 @@ impl Golden {
         self.t.get(k).unwrap_or_else(|| panic!("golden tensor {k} missing"))
     }
     fn ints(&self, k: &str) -> Vec<i64> {
-        self.get(k).flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap()
+        self.get(k)
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
     }
 }
 
 fn image(name: &str) -> image::RgbImage {
     let path = root().join("golden").join(name);
-    image::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display())).to_rgb8()
+    image::open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+        .to_rgb8()
 }
 
 fn encoder(model: &str) -> PromptEncoder {
     let dir = root().join("models").join(model);
-    PromptEncoder::load(&dir.join("text_encoder"), &dir.join("processor"), DType::F32, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("cannot load {model}: {e:#}"))
+    PromptEncoder::load(
+        &dir.join("text_encoder"),
+        &dir.join("processor"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("cannot load {model}: {e:#}"))
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// max |a − b| / max |b|.
@@ -107,13 +127,21 @@ fn check(model: &str, name: &str, template: Template, n_img: usize) {
 
     // 1. Image processor. `*_vl.png` are the reference's resized images: processing them needs no
     //    resize, so their pixel_values must match the reference exactly.
-    let inputs: Vec<image::RgbImage> = (0..n_img).map(|k| load_png(&format!("text_encoder_{name}_img{k}.png"))).collect();
-    let vl: Vec<image::RgbImage> = (0..n_img).map(|k| load_png(&format!("text_encoder_{name}_img{k}_vl.png"))).collect();
+    let inputs: Vec<image::RgbImage> = (0..n_img)
+        .map(|k| load_png(&format!("text_encoder_{name}_img{k}.png")))
+        .collect();
+    let vl: Vec<image::RgbImage> = (0..n_img)
+        .map(|k| load_png(&format!("text_encoder_{name}_img{k}_vl.png")))
+        .collect();
     let grids = g.ints("image_grid_thw");
     let exact: Vec<ProcessedImage> = vl.iter().map(|i| enc.process_image(i).unwrap()).collect();
     let ours: Vec<ProcessedImage> = inputs.iter().map(|i| enc.process_image(i).unwrap()).collect();
     for k in 0..n_img {
-        let want = [grids[3 * k] as usize, grids[3 * k + 1] as usize, grids[3 * k + 2] as usize];
+        let want = [
+            grids[3 * k] as usize,
+            grids[3 * k + 1] as usize,
+            grids[3 * k + 2] as usize,
+        ];
         assert_eq!(ours[k].grid_thw, want, "grid_thw of image {k}");
         assert_eq!(exact[k].grid_thw, want, "grid_thw of image {k} (_vl)");
         let (max, n, total) = resize_diff(&enc.resized_image(&inputs[k]).unwrap(), &vl[k]);
@@ -130,11 +158,19 @@ fn check(model: &str, name: &str, template: Template, n_img: usize) {
     let head = g.get("dbg.pixel_values_head");
     let rows = head.dim(0).unwrap();
     let got_head = exact[0].pixel_values.narrow(0, 0, rows).unwrap();
-    assert_eq!(max_abs(&(&got_head - head).unwrap()), 0.0, "pixel_values (from the reference-resized image) must be exact");
+    assert_eq!(
+        max_abs(&(&got_head - head).unwrap()),
+        0.0,
+        "pixel_values (from the reference-resized image) must be exact"
+    );
 
     // 2. Token ids and positions.
     let ids = enc.build_input_ids(template, &g.prompt, &exact).unwrap();
-    assert_eq!(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), g.ints("input_ids"), "input_ids");
+    assert_eq!(
+        ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+        g.ints("input_ids"),
+        "input_ids"
+    );
     assert!(g.ints("attention_mask").iter().all(|&m| m == 1));
     assert_eq!(enc.drop_idx(), 64, "drop_idx");
     let pos = enc.rope_index(&ids, &exact).unwrap();
@@ -146,9 +182,17 @@ fn check(model: &str, name: &str, template: Template, n_img: usize) {
     let emb = enc.inputs_embeds(&ids, &exact).unwrap();
     assert_close(&format!("{name} inputs_embeds"), &emb, g.get("dbg.inputs_embeds"));
     let hidden = enc.forward_hidden(&ids, &exact).unwrap();
-    assert_close(&format!("{name} last_hidden_state"), &hidden, g.get("last_hidden_state"));
+    assert_close(
+        &format!("{name} last_hidden_state"),
+        &hidden,
+        g.get("last_hidden_state"),
+    );
     let (l, drop) = (ids.len(), enc.drop_idx());
-    assert_close(&format!("{name} prompt_embeds"), &hidden.narrow(1, drop, l - drop).unwrap(), g.get("prompt_embeds"));
+    assert_close(
+        &format!("{name} prompt_embeds"),
+        &hidden.narrow(1, drop, l - drop).unwrap(),
+        g.get("prompt_embeds"),
+    );
 
     // 4. The public entry points on the reference-resized images (exact), then on the processor inputs
     //    (our resize; reported, asserted only if the resize is exact).
@@ -158,7 +202,11 @@ fn check(model: &str, name: &str, template: Template, n_img: usize) {
     };
     let pe = run(&vl);
     assert!(pe.mask.is_none());
-    assert_close(&format!("{name} encode prompt_embeds"), &pe.embeds, g.get("prompt_embeds"));
+    assert_close(
+        &format!("{name} encode prompt_embeds"),
+        &pe.embeds,
+        g.get("prompt_embeds"),
+    );
     let pe = run(&inputs);
     let e = rel_err(&pe.embeds, g.get("prompt_embeds"));
     let resize_exact = (0..n_img).all(|k| enc.resized_image(&inputs[k]).unwrap() == vl[k]);

@@ -110,7 +110,10 @@ impl TextConfig {
 
     /// `rope_theta`: from `rope_parameters`, else the top-level field, else the class default.
     pub fn rope_theta(&self) -> f64 {
-        self.rope().and_then(|r| r.rope_theta).or(self.rope_theta).unwrap_or(DEFAULT_ROPE_THETA)
+        self.rope()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(DEFAULT_ROPE_THETA)
     }
 
     /// The per-axis (t, h, w) split of the rotary frequencies.
@@ -131,16 +134,25 @@ impl TextConfig {
         }
         let kv = self.num_kv_heads();
         if kv == 0 || self.num_attention_heads % kv != 0 {
-            bail!("num_attention_heads {} is not a multiple of num_key_value_heads {kv}", self.num_attention_heads);
+            bail!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {kv}",
+                self.num_attention_heads
+            );
         }
         if let Some(hd) = self.head_dim {
             if hd != self.head_dim() {
-                bail!("head_dim {hd} differs from hidden_size / num_attention_heads = {}", self.head_dim());
+                bail!(
+                    "head_dim {hd} differs from hidden_size / num_attention_heads = {}",
+                    self.head_dim()
+                );
             }
         }
         let section = self.mrope_section()?;
         if section.len() != 3 || section.iter().sum::<usize>() * 2 != self.head_dim() {
-            bail!("mrope_section {section:?} must have 3 entries summing to head_dim / 2 = {}", self.head_dim() / 2);
+            bail!(
+                "mrope_section {section:?} must have 3 entries summing to head_dim / 2 = {}",
+                self.head_dim() / 2
+            );
         }
         if let Some(t) = self.rope().and_then(|r| r.rope_type.as_deref().or(r.type_.as_deref())) {
             if t != "default" && t != "mrope" {
@@ -353,10 +365,19 @@ impl ProcessorConfig {
     /// `max_pixels` override `size.shortest_edge` / `size.longest_edge`, which override the defaults.
     pub fn from_file(f: ProcessorConfigFile) -> anyhow::Result<Self> {
         let size = f.size.as_ref();
-        let min_pixels = f.min_pixels.or(size.and_then(|s| s.shortest_edge)).unwrap_or_else(d_min_pixels);
-        let max_pixels = f.max_pixels.or(size.and_then(|s| s.longest_edge)).unwrap_or_else(d_max_pixels);
+        let min_pixels = f
+            .min_pixels
+            .or(size.and_then(|s| s.shortest_edge))
+            .unwrap_or_else(d_min_pixels);
+        let max_pixels = f
+            .max_pixels
+            .or(size.and_then(|s| s.longest_edge))
+            .unwrap_or_else(d_max_pixels);
         if f.resample != PIL_BICUBIC {
-            bail!("image processor resample {} is not supported (only 3 = bicubic)", f.resample);
+            bail!(
+                "image processor resample {} is not supported (only 3 = bicubic)",
+                f.resample
+            );
         }
         let three = |v: &[f64], what: &str| -> anyhow::Result<[f64; 3]> {
             match v {

@@ -77,9 +77,11 @@ impl PromptEncoder {
     pub fn load(text_encoder_dir: &Path, processor_dir: &Path, dtype: DType, device: &Device) -> anyhow::Result<Self> {
         for dir in [text_encoder_dir, processor_dir] {
             if !dir.is_dir() {
-                return Err(UserError::model_missing(format!("model folder {} is missing", dir.display()))
-                    .with_hint("run `qwen-edit fetch-models`")
-                    .into());
+                return Err(
+                    UserError::model_missing(format!("model folder {} is missing", dir.display()))
+                        .with_hint("run `qwen-edit fetch-models`")
+                        .into(),
+                );
             }
         }
         let cfg = Config::load(text_encoder_dir)?;
@@ -121,7 +123,14 @@ impl PromptEncoder {
         let ctx = || format!("cannot load the text encoder from {}", text_encoder_dir.display());
         let vision = VisionModel::new(&cfg.vision, vis_vb).with_context(ctx)?;
         let text = TextModel::new(&cfg.text, lm_vb).with_context(ctx)?;
-        Ok(Self { cfg, tokenizer, processor: ImageProcessor::new(pcfg), vision, text, device: device.clone() })
+        Ok(Self {
+            cfg,
+            tokenizer,
+            processor: ImageProcessor::new(pcfg),
+            vision,
+            text,
+            device: device.clone(),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -148,7 +157,12 @@ impl PromptEncoder {
     }
 
     /// Token ids of the template with `<|image_pad|>` expanded for `images`.
-    pub fn build_input_ids(&self, template: Template, prompt: &str, images: &[ProcessedImage]) -> anyhow::Result<Vec<u32>> {
+    pub fn build_input_ids(
+        &self,
+        template: Template,
+        prompt: &str,
+        images: &[ProcessedImage],
+    ) -> anyhow::Result<Vec<u32>> {
         let merge = self.cfg.vision.spatial_merge_size;
         let counts: Vec<usize> = images.iter().map(|i| i.num_tokens(merge)).collect();
         self.tokenizer.build_input_ids(template, prompt, &counts)
@@ -191,7 +205,10 @@ impl PromptEncoder {
 
     /// `_get_qwen_prompt_embeds` for one prompt with already-resized images.
     pub fn encode(&self, template: Template, prompt: &str, images: &[RgbImage]) -> anyhow::Result<PromptEmbeds> {
-        let processed = images.iter().map(|i| self.process_image(i)).collect::<anyhow::Result<Vec<_>>>()?;
+        let processed = images
+            .iter()
+            .map(|i| self.process_image(i))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let ids = self.build_input_ids(template, prompt, &processed)?;
         let hidden = self.forward_hidden(&ids, &processed)?;
         let drop = self.drop_idx();
@@ -199,7 +216,10 @@ impl PromptEncoder {
         if l <= drop {
             bail!("the encoded prompt has {l} tokens, not more than the {drop} template tokens");
         }
-        Ok(PromptEmbeds { embeds: hidden.narrow(1, drop, l - drop)?, mask: None })
+        Ok(PromptEmbeds {
+            embeds: hidden.narrow(1, drop, l - drop)?,
+            mask: None,
+        })
     }
 
     /// Edit v1 (`QwenImageEditPipeline`): one image, already Lanczos-resized by the pipeline.

@@ -69,9 +69,11 @@ impl PromptTokenizer {
     pub fn load(processor_dir: &Path, image_token_id: u32) -> anyhow::Result<Self> {
         let path = processor_dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(UserError::model_missing(format!("tokenizer {} is missing", path.display()))
-                .with_hint("run `qwen-edit fetch-models`")
-                .into());
+            return Err(
+                UserError::model_missing(format!("tokenizer {} is missing", path.display()))
+                    .with_hint("run `qwen-edit fetch-models`")
+                    .into(),
+            );
         }
         let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -82,10 +84,16 @@ impl PromptTokenizer {
     pub fn new(tokenizer: Tokenizer, image_token_id: u32) -> anyhow::Result<Self> {
         match tokenizer.token_to_id(IMAGE_PAD) {
             Some(id) if id == image_token_id => {}
-            Some(id) => bail!("tokenizer maps {IMAGE_PAD} to {id} but the text encoder's image_token_id is {image_token_id}"),
+            Some(id) => {
+                bail!("tokenizer maps {IMAGE_PAD} to {id} but the text encoder's image_token_id is {image_token_id}")
+            }
             None => bail!("tokenizer has no {IMAGE_PAD} token"),
         }
-        let mut this = Self { tokenizer, image_token_id, prefix_ids: Vec::new() };
+        let mut this = Self {
+            tokenizer,
+            image_token_id,
+            prefix_ids: Vec::new(),
+        };
         this.prefix_ids = this.encode(TEMPLATE_PREFIX)?;
         if this.prefix_ids.len() != DIFFUSERS_DROP_IDX {
             tracing::warn!(
@@ -98,7 +106,10 @@ impl PromptTokenizer {
     }
 
     fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -122,11 +133,16 @@ impl PromptTokenizer {
     ) -> anyhow::Result<Vec<u32>> {
         for tok in [IMAGE_PAD, VISION_START, VISION_END, VIDEO_PAD] {
             if prompt.contains(tok) {
-                return Err(UserError::bad_input(format!("the prompt must not contain the special token {tok}")).into());
+                return Err(
+                    UserError::bad_input(format!("the prompt must not contain the special token {tok}")).into(),
+                );
             }
         }
         if template == Template::Edit && tokens_per_image.len() != 1 {
-            bail!("the Edit template takes exactly one image, got {}", tokens_per_image.len());
+            bail!(
+                "the Edit template takes exactly one image, got {}",
+                tokens_per_image.len()
+            );
         }
         let text = template.render(prompt, tokens_per_image.len());
         let mut expanded = String::with_capacity(text.len() + IMAGE_PAD.len() * tokens_per_image.iter().sum::<usize>());

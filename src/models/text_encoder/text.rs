@@ -35,7 +35,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(size, "weight")?, eps })
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -71,7 +74,10 @@ pub fn rope_index(ids: &[u32], grids: &[[usize; 3]], mm: MultimodalIds, merge: u
         }
     }
     if num_images != grids.len() {
-        candle_core::bail!("input ids hold {num_images} images but {} grids were given", grids.len());
+        candle_core::bail!(
+            "input ids hold {num_images} images but {} grids were given",
+            grids.len()
+        );
     }
     let mut pos = Vec::with_capacity(ids.len());
     let mut next = 0u32; // max position so far + 1
@@ -118,8 +124,10 @@ pub fn mrope_cos_sin(
     dev: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
-    let inv_freq: Vec<f32> =
-        (0..head_dim).step_by(2).map(|i| 1.0 / (theta as f32).powf(i as f32 / head_dim as f32)).collect();
+    let inv_freq: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1.0 / (theta as f32).powf(i as f32 / head_dim as f32))
+        .collect();
     let mut axis_of = Vec::with_capacity(half);
     for (axis, &n) in section.iter().enumerate() {
         axis_of.extend(std::iter::repeat_n(axis, n));
@@ -137,7 +145,10 @@ pub fn mrope_cos_sin(
         }
     }
     let n = positions.len();
-    Ok((Tensor::from_vec(cos, (n, half), dev)?, Tensor::from_vec(sin, (n, half), dev)?))
+    Ok((
+        Tensor::from_vec(cos, (n, half), dev)?,
+        Tensor::from_vec(sin, (n, half), dev)?,
+    ))
 }
 
 struct Attention {
@@ -184,7 +195,9 @@ impl Attention {
                 return Ok(t);
             }
             // [B, KV, L, D] → [B, KV, rep, L, D] → [B, KV·rep, L, D]
-            t.unsqueeze(2)?.expand((b, self.num_kv_heads, rep, l, d))?.reshape((b, self.num_heads, l, d))
+            t.unsqueeze(2)?
+                .expand((b, self.num_kv_heads, rep, l, d))?
+                .reshape((b, self.num_heads, l, d))
         };
         let (k, v) = (expand(k)?, expand(v)?);
         let o = attention(&q, &k, &v, AttnMask::Causal, 1.0 / (d as f64).sqrt())?;
@@ -231,7 +244,11 @@ impl DecoderLayer {
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
             input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
         })
     }
 
@@ -256,7 +273,12 @@ impl TextModel {
             .map(|i| DecoderLayer::new(cfg, vb.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
-        Ok(Self { embed_tokens, layers, norm, cfg: cfg.clone() })
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Token embeddings `[1, L, hidden]` with the rows of `image_token_id` replaced, in order, by the
@@ -302,7 +324,10 @@ impl TextModel {
         if positions.len() != l {
             candle_core::bail!("{} positions for {l} tokens", positions.len());
         }
-        let section = self.cfg.mrope_section().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let section = self
+            .cfg
+            .mrope_section()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let dev = inputs_embeds.device();
         let (cos, sin) = mrope_cos_sin(positions, section, self.cfg.head_dim(), self.cfg.rope_theta(), dev)?;
         let dtype = inputs_embeds.dtype();
@@ -321,7 +346,11 @@ mod tests {
 
     #[test]
     fn rope_index_edit_layout() {
-        let mm = MultimodalIds { image_token_id: 9, video_token_id: 8, vision_start_token_id: 5 };
+        let mm = MultimodalIds {
+            image_token_id: 9,
+            video_token_id: 8,
+            vision_start_token_id: 5,
+        };
         // text text <vs> [img × (2×3 merged)] <ve> text
         let mut ids = vec![1, 2, 5];
         ids.extend(std::iter::repeat_n(9, 6));

@@ -66,7 +66,11 @@ pub fn window_layout(grids: &[[usize; 3]], merge: usize, merged_window: usize) -
         }
         offset += gt * lh * lw;
     }
-    Ok(WindowLayout { window_index, window_lens, full_lens })
+    Ok(WindowLayout {
+        window_index,
+        window_lens,
+        full_lens,
+    })
 }
 
 /// Per-patch vision rotary angles `[h·f, w·f]` (`head_dim / 2` values) in the processor's
@@ -114,7 +118,10 @@ fn segmented_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], scale
         }
         let batch = |x: &Tensor| -> Result<Tensor> {
             // [1, H, n·len, D] → [H, n, len, D] → [n, H, len, D]
-            x.narrow(2, start, n * len)?.reshape((h, n, len, d))?.transpose(0, 1)?.contiguous()
+            x.narrow(2, start, n * len)?
+                .reshape((h, n, len, d))?
+                .transpose(0, 1)?
+                .contiguous()
         };
         let o = attention(&batch(q)?, &batch(k)?, &batch(v)?, AttnMask::None, scale)?;
         // [n, H, len, D] → [H, n·len, D]
@@ -148,7 +155,11 @@ impl VisionAttention {
         let (s, _) = x.dims2()?;
         let dtype = x.dtype();
         // [S, 3·hidden] → [S, 3, H, D] → [3, H, S, D]
-        let qkv = self.qkv.forward(x)?.reshape((s, 3, self.num_heads, self.head_dim))?.permute((1, 2, 0, 3))?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((s, 3, self.num_heads, self.head_dim))?
+            .permute((1, 2, 0, 3))?;
         let rot = |i: usize| -> Result<Tensor> {
             let t = qkv.get(i)?.unsqueeze(0)?.to_dtype(DType::F32)?.contiguous()?; // [1, H, S, D]
             candle_nn::rotary_emb::rope(&t, cos, sin)?.to_dtype(dtype)
@@ -158,7 +169,10 @@ impl VisionAttention {
         let v = qkv.get(2)?.unsqueeze(0)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let o = segmented_attention(&q, &k, &v, lens, scale)?; // [1, H, S, D]
-        let o = o.squeeze(0)?.transpose(0, 1)?.reshape((s, self.num_heads * self.head_dim))?;
+        let o = o
+            .squeeze(0)?
+            .transpose(0, 1)?
+            .reshape((s, self.num_heads * self.head_dim))?;
         self.proj.forward(&o)
     }
 }
@@ -231,7 +245,10 @@ impl PatchMerger {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (s, d) = x.dims2()?;
         // [S, hidden] → [S / merge², merge² · hidden]
-        let x = self.ln_q.forward(x)?.reshape((s * d / self.group_dim, self.group_dim))?;
+        let x = self
+            .ln_q
+            .forward(x)?
+            .reshape((s * d / self.group_dim, self.group_dim))?;
         let x = self.mlp0.forward(&x)?.gelu_erf()?;
         self.mlp2.forward(&x)
     }
@@ -248,7 +265,13 @@ pub struct VisionModel {
 impl VisionModel {
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let w = vb.pp("patch_embed").pp("proj").get(
-            (cfg.hidden_size, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size),
+            (
+                cfg.hidden_size,
+                cfg.in_channels,
+                cfg.temporal_patch_size,
+                cfg.patch_size,
+                cfg.patch_size,
+            ),
             "weight",
         )?;
         let patch_embed = w.reshape((cfg.hidden_size, cfg.patch_dim()))?;
@@ -256,7 +279,12 @@ impl VisionModel {
             .map(|i| VisionBlock::new(cfg, vb.pp("blocks").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let merger = PatchMerger::new(cfg, vb.pp("merger"))?;
-        Ok(Self { patch_embed, blocks, merger, cfg: cfg.clone() })
+        Ok(Self {
+            patch_embed,
+            blocks,
+            merger,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn config(&self) -> &VisionConfig {
@@ -302,11 +330,18 @@ impl VisionModel {
         let index = Tensor::new(layout.window_index.as_slice(), dev)?;
         // [N, hidden] → [N / unit, unit, hidden] → permuted groups → [N, hidden]
         let hidden = x.dim(1)?;
-        let mut x = x.reshape((n / unit, unit, hidden))?.index_select(&index, 0)?.reshape((n, hidden))?;
+        let mut x = x
+            .reshape((n / unit, unit, hidden))?
+            .index_select(&index, 0)?
+            .reshape((n, hidden))?;
 
         // 3. Blocks.
         for (i, blk) in self.blocks.iter().enumerate() {
-            let lens = if cfg.fullatt_block_indexes.contains(&i) { &layout.full_lens } else { &layout.window_lens };
+            let lens = if cfg.fullatt_block_indexes.contains(&i) {
+                &layout.full_lens
+            } else {
+                &layout.window_lens
+            };
             x = blk.forward(&x, &cos, &sin, lens)?;
         }
 
