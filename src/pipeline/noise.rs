@@ -2,7 +2,7 @@
 //!
 //! The reference pipelines draw their initial latents with diffusers' `randn_tensor`, which on the CPU is
 //! `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype)`. This module
-//! reproduces that stream exactly (checked bitwise against torch 2.x on x86-64), so a seed gives the same
+//! reproduces that stream exactly (checked bitwise against torch 2.15 on x86-64), so a seed gives the same
 //! image as the Python reference. What torch does, and what we mirror:
 //!
 //! - **Engine**: a 32-bit Mersenne Twister (mt19937). `manual_seed(s)` keeps the 64-bit seed but
@@ -25,8 +25,12 @@
 //!   in the generator for the next element. Values are cast double → float (→ bf16/f16).
 //! - **bf16/f16**: computed in f32 as above, then rounded to nearest-even.
 //!
-//! torch on a CPU without AVX2 or on ARM uses libm in the ≥16 path instead, so its streams differ in the
-//! last bits from the AVX2 stream reproduced here.
+//! torch on a CPU without AVX2 (or forced with `ATEN_CPU_CAPABILITY=default`; presumably also on ARM,
+//! unchecked) runs the generic kernel instead, with libm's `logf`/`cosf`/`sinf` in the ≥ 16 path; its f32 values differ from the AVX2
+//! ones by ~1e-6. [`NormalKernel::Generic`] reproduces that one. AVX-512 CPUs run the AVX2 kernel (torch
+//! registers no AVX-512 normal kernel and falls back to AVX2; checked on an AVX-512 host).
+//! The bf16 path described here is torch ≥ 2.15's; older torch (2.11 was checked) produces other bf16
+//! values for the same seed.
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use half::{bf16, f16};
@@ -36,6 +40,16 @@ const BLOCK: usize = 16;
 const HALF_BLOCK: usize = BLOCK / 2;
 const MT_N: usize = 624;
 const MT_M: usize = 397;
+
+/// Which of torch's CPU normal kernels to reproduce for tensors of at least 16 elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NormalKernel {
+    /// The AVX2 kernel (x86-64 with AVX2 or AVX-512): Cephes polynomial log/sincos.
+    #[default]
+    Avx2,
+    /// The generic kernel (`ATEN_CPU_CAPABILITY=default`, x86 without AVX2): libm `logf`, `cosf`, `sinf`.
+    Generic,
+}
 
 /// PyTorch's CPU random generator (`at::CPUGeneratorImpl`): mt19937 plus the cached second Box–Muller
 /// value of the double-precision normal sampler.
@@ -128,7 +142,7 @@ impl TorchGenerator {
     }
 
     /// Fills `out` like `torch.randn` fills a contiguous float32 tensor of `out.len()` elements.
-    pub fn fill_normal_f32(&mut self, out: &mut [f32]) {
+    pub fn fill_normal_f32(&mut self, out: &mut [f32], kernel: NormalKernel) {
         let n = out.len();
         if n < BLOCK {
             for v in out.iter_mut() {
@@ -140,53 +154,62 @@ impl TorchGenerator {
             *v = self.uniform_f32();
         }
         for block in out.chunks_exact_mut(BLOCK) {
-            box_muller_16(block);
+            box_muller_16(block, kernel);
         }
         if n % BLOCK != 0 {
             let tail = &mut out[n - BLOCK..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
             }
-            box_muller_16(tail);
+            box_muller_16(tail, kernel);
         }
     }
 
     /// Standard normals as torch computes them for a contiguous bf16/f16 tensor of `n` elements, before
     /// the final rounding to the narrow type.
-    pub fn normal_reduced_precision(&mut self, n: usize) -> Vec<f32> {
+    pub fn normal_reduced_precision(&mut self, n: usize, kernel: NormalKernel) -> Vec<f32> {
         if n < BLOCK {
             return (0..n).map(|_| self.normal_f64() as f32).collect();
         }
         let mut out = vec![0f32; n];
         let mut buf = [0f32; BLOCK];
         for block in out.chunks_exact_mut(BLOCK) {
-            self.normal_block(&mut buf);
+            self.normal_block(&mut buf, kernel);
             block.copy_from_slice(&buf);
         }
         if n % BLOCK != 0 {
-            self.normal_block(&mut buf);
+            self.normal_block(&mut buf, kernel);
             out[n - BLOCK..].copy_from_slice(&buf);
         }
         out
     }
 
-    fn normal_block(&mut self, buf: &mut [f32; BLOCK]) {
+    fn normal_block(&mut self, buf: &mut [f32; BLOCK], kernel: NormalKernel) {
         for v in buf.iter_mut() {
             *v = self.uniform_f32();
         }
-        box_muller_16(buf);
+        box_muller_16(buf, kernel);
     }
 }
 
 /// Box–Muller on one block of 16 uniforms, pairing `j` with `j + 8` (torch's `NormalFill16<float>`).
-fn box_muller_16(d: &mut [f32]) {
-    // `2.0f * c10::pi<double>` is evaluated in double and then narrowed.
-    let two_pi = (2.0 * std::f64::consts::PI) as f32;
+fn box_muller_16(d: &mut [f32], kernel: NormalKernel) {
     for j in 0..HALF_BLOCK {
         let u1 = 1.0 - d[j];
         let u2 = d[j + HALF_BLOCK];
-        let radius = (-2.0f32 * log_cephes(u1)).sqrt();
-        let (sin, cos) = sincos_cephes(two_pi * u2);
+        let (radius, sin, cos) = match kernel {
+            NormalKernel::Avx2 => {
+                // `2.0f * c10::pi<double>` is evaluated in double and narrowed into the vector constant.
+                let two_pi = (2.0 * std::f64::consts::PI) as f32;
+                let (sin, cos) = sincos_cephes(two_pi * u2);
+                ((-2.0f32 * log_cephes(u1)).sqrt(), sin, cos)
+            }
+            NormalKernel::Generic => {
+                // Here the angle is computed in double and then stored as float.
+                let theta = (2.0 * std::f64::consts::PI * f64::from(u2)) as f32;
+                ((-2.0f32 * u1.ln()).sqrt(), theta.sin(), theta.cos())
+            }
+        };
         // fma(n, std = 1, mean = 0) is exact.
         d[j] = radius * cos;
         d[j + HALF_BLOCK] = radius * sin;
@@ -197,7 +220,8 @@ fn box_muller_16(d: &mut [f32]) {
 #[allow(clippy::excessive_precision)]
 pub fn log_cephes(x: f32) -> f32 {
     // avx_mathfun.h spells these as double literals narrowed to float; `f64 as f32` rounds the same way.
-    const SQRTHF: f32 = 0.707106781186547524_f64 as f32;
+    // `0.707106781186547524` in the C source is exactly this double.
+    const SQRTHF: f32 = std::f64::consts::FRAC_1_SQRT_2 as f32;
     const P: [f32; 9] = [
         7.0376836292E-2_f64 as f32,
         -1.1514610310E-1_f64 as f32,
@@ -222,15 +246,15 @@ pub fn log_cephes(x: f32) -> f32 {
     let mut e = exponent as f32 + 1.0;
     let below = m < SQRTHF;
     let tmp = if below { m } else { 0.0 };
-    m = m - 1.0;
-    e = e - if below { 1.0 } else { 0.0 };
-    m = m + tmp;
+    m -= 1.0;
+    e -= if below { 1.0 } else { 0.0 };
+    m += tmp;
     let z = m * m;
     let mut y = P[0];
     for &p in &P[1..] {
         y = y.mul_add(m, p);
     }
-    y = y * m;
+    y *= m;
     // GCC fuses `y * z` with the add of the separately rounded `e * Q1`.
     y = y.mul_add(z, e * Q1);
     y = (-z).mul_add(0.5, y);
@@ -279,11 +303,11 @@ pub fn sincos_cephes(x: f32) -> (f32, f32) {
     let z = a * a;
     let half_z = z * 0.5;
     let mut c = COSCOF[0].mul_add(z, COSCOF[1]).mul_add(z, COSCOF[2]);
-    c = c * z;
+    c *= z;
     c = c.mul_add(z, -half_z);
-    c = c + 1.0;
+    c += 1.0;
     let mut s = SINCOF[0].mul_add(z, SINCOF[1]).mul_add(z, SINCOF[2]);
-    s = s * z;
+    s *= z;
     s = s.mul_add(a, a);
     // Select polynomials with masks, as the vector code does (keeps signed zeros identical).
     let sin_from_s = if use_sin_poly { s } else { 0.0 };
@@ -299,20 +323,32 @@ pub fn sincos_cephes(x: f32) -> (f32, f32) {
 }
 
 /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype)`, generated on
-/// the CPU and then moved to `device`. Supports f32, bf16 and f16.
+/// the CPU as torch's AVX2 kernel does (any x86-64 CPU from the last decade) and then moved to `device`.
+/// Supports f32, bf16 and f16.
 pub fn torch_randn(seed: u64, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    torch_randn_with_kernel(seed, shape, dtype, device, NormalKernel::Avx2)
+}
+
+/// [`torch_randn`] reproducing a chosen torch CPU kernel.
+pub fn torch_randn_with_kernel(
+    seed: u64,
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+    kernel: NormalKernel,
+) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut generator = TorchGenerator::new(seed);
     let cpu = Device::Cpu;
     let tensor = match dtype {
         DType::F32 => {
             let mut data = vec![0f32; n];
-            generator.fill_normal_f32(&mut data);
+            generator.fill_normal_f32(&mut data, kernel);
             Tensor::from_vec(data, shape, &cpu)?
         }
         DType::BF16 => {
             let data: Vec<bf16> = generator
-                .normal_reduced_precision(n)
+                .normal_reduced_precision(n, kernel)
                 .into_iter()
                 .map(bf16::from_f32)
                 .collect();
@@ -320,7 +356,7 @@ pub fn torch_randn(seed: u64, shape: &[usize], dtype: DType, device: &Device) ->
         }
         DType::F16 => {
             let data: Vec<f16> = generator
-                .normal_reduced_precision(n)
+                .normal_reduced_precision(n, kernel)
                 .into_iter()
                 .map(f16::from_f32)
                 .collect();

@@ -138,8 +138,15 @@ impl SchedulerConfig {
         Self::from_json(&text).with_context(|| format!("in {}", path.display()))
     }
 
-    /// Rejects settings this implementation does not reproduce.
+    /// Rejects settings this implementation does not reproduce, and inconsistent ones.
     pub fn validate(&self) -> anyhow::Result<()> {
+        let bad = |msg: String| -> anyhow::Result<()> {
+            Err(UserError::model_missing(format!("scheduler config: {msg}"))
+                .with_hint(
+                    "qwen-edit implements the Qwen-Image flow-match Euler schedule (FlowMatchEulerDiscreteScheduler)",
+                )
+                .into())
+        };
         let unsupported = [
             ("use_karras_sigmas", self.use_karras_sigmas),
             ("use_exponential_sigmas", self.use_exponential_sigmas),
@@ -147,26 +154,20 @@ impl SchedulerConfig {
             ("stochastic_sampling", self.stochastic_sampling),
             ("invert_sigmas", self.invert_sigmas),
         ];
-        for (key, on) in unsupported {
-            if on {
-                return Err(UserError::model_missing(format!(
-                    "scheduler config sets {key}=true, which is not supported"
-                ))
-                .with_hint("qwen-edit implements the Qwen-Image flow-match Euler schedule; set it to false")
-                .into());
-            }
+        if let Some((key, _)) = unsupported.iter().find(|(_, on)| *on) {
+            return bad(format!("{key}=true is not supported"));
         }
         if self.num_train_timesteps == 0 {
-            anyhow::bail!("scheduler config: num_train_timesteps must be positive");
+            return bad("num_train_timesteps must be positive".into());
         }
         if self.use_dynamic_shifting && (self.base_shift.is_none() || self.max_shift.is_none()) {
-            anyhow::bail!("scheduler config: use_dynamic_shifting needs base_shift and max_shift");
+            return bad("use_dynamic_shifting needs base_shift and max_shift".into());
         }
         if self.use_dynamic_shifting && self.max_image_seq_len == self.base_image_seq_len {
-            anyhow::bail!("scheduler config: max_image_seq_len must differ from base_image_seq_len");
+            return bad("max_image_seq_len must differ from base_image_seq_len".into());
         }
         if self.shift_terminal == Some(1.0) {
-            anyhow::bail!("scheduler config: shift_terminal must not be 1");
+            return bad("shift_terminal must not be 1".into());
         }
         Ok(())
     }
