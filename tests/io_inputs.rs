@@ -1165,7 +1165,7 @@ fn palette_with_transparency_gives_palette_colours() {
 #[test]
 fn png16_rgb_rgba_la_gray_like_pil() {
     let rgb = rgb16_rows();
-    let png = raw_png(12, 1, 16, 2, &[], &rows16(&[rgb.clone()]));
+    let png = raw_png(12, 1, 16, 2, &[], &rows16(std::slice::from_ref(&rgb)));
     let img = decode_image(&png, &DecodeLimits::default(), "rgb16.png").unwrap();
     assert_eq!(
         channels(&img),

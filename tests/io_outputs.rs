@@ -336,3 +336,43 @@ fn encode_then_write_round_trip() {
         assert_eq!(back, img, "{name}");
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// stdout (`-o -`): run this test binary again as a child with stdout on a pipe
+
+const CHILD_ENV: &str = "QWEN_EDIT_IO_TEST_STDOUT_CHILD";
+const MARKER: &[u8] = b"<<image-bytes:\x89PNG\x00\x01\x02>>";
+
+#[test]
+fn stdout_child_writer() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        qwen_edit::io::encode::write_stdout(MARKER).unwrap();
+    }
+}
+
+#[test]
+fn write_stdout_writes_bytes_to_a_pipe() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "stdout_child_writer",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.windows(MARKER.len()).any(|w| w == MARKER),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -234,7 +234,7 @@ fn read_stdin(opts: &FetchOptions, stdin: &mut dyn Read) -> anyhow::Result<Input
     };
     if bytes.is_empty() {
         return Err(bad_hint(
-            "stdin is empty: no image bytes arrived",
+            "stdin is empty: no image bytes arrived (stdin can be read only once per run)",
             "pipe an image in, e.g. `qwen-edit edit -i - … < photo.png`",
         ));
     }
