@@ -139,11 +139,7 @@ pub fn collect(cache: &std::path::Path) -> Report {
             Status::Pass,
             format!(
                 "built with the cuda feature{}",
-                if cfg!(feature = "cudnn") {
-                    " and cuDNN"
-                } else {
-                    ""
-                }
+                if cfg!(feature = "cudnn") { " and cuDNN" } else { "" }
             ),
             None,
         )
@@ -205,12 +201,7 @@ pub fn collect(cache: &std::path::Path) -> Report {
             "nvidia-smi",
             Status::Pass,
             list.iter()
-                .map(|g| {
-                    format!(
-                        "{} ({} MiB used of {})",
-                        g.name, g.memory_used, g.memory_total
-                    )
-                })
+                .map(|g| format!("{} ({} MiB used of {})", g.name, g.memory_used, g.memory_total))
                 .collect::<Vec<_>>()
                 .join("; "),
             None,
@@ -412,8 +403,28 @@ fn memory_check(gpus: &[Gpu]) -> Check {
         .filter(|g| g.total_bytes >= REQUIRED_GPU_BYTES)
         .find(|g| g.free_bytes.is_none_or(|f| f >= REQUIRED_GPU_BYTES))
     {
-        Some(g) => check("gpu-memory", Status::Pass, format!("GPU {} has {} ({} free), the bf16 pipeline needs ~{need}", g.index, human_bytes(g.total_bytes), g.free_bytes.map(human_bytes).unwrap_or_else(|| "?".into())), None),
-        None => check("gpu-memory", Status::Warn, format!("GPU {} has {} but only {} free; the bf16 pipeline needs ~{need}", best.index, human_bytes(best.total_bytes), best.free_bytes.map(human_bytes).unwrap_or_default()), Some("stop the other programs using the GPU (see `nvidia-smi`), or pick a free one with --device cuda:N")),
+        Some(g) => check(
+            "gpu-memory",
+            Status::Pass,
+            format!(
+                "GPU {} has {} ({} free), the bf16 pipeline needs ~{need}",
+                g.index,
+                human_bytes(g.total_bytes),
+                g.free_bytes.map(human_bytes).unwrap_or_else(|| "?".into())
+            ),
+            None,
+        ),
+        None => check(
+            "gpu-memory",
+            Status::Warn,
+            format!(
+                "GPU {} has {} but only {} free; the bf16 pipeline needs ~{need}",
+                best.index,
+                human_bytes(best.total_bytes),
+                best.free_bytes.map(human_bytes).unwrap_or_default()
+            ),
+            Some("stop the other programs using the GPU (see `nvidia-smi`), or pick a free one with --device cuda:N"),
+        ),
     }
 }
 
@@ -458,10 +469,7 @@ fn models_check(models: &[ModelReport]) -> Check {
                 what.push(format!("{} truncated", m.bad_size.len()));
             }
             if m.partial_bytes > 0 {
-                what.push(format!(
-                    "{} partly downloaded",
-                    human_bytes(m.partial_bytes)
-                ));
+                what.push(format!("{} partly downloaded", human_bytes(m.partial_bytes)));
             }
             format!("{} incomplete ({})", m.shorthand, what.join(", "))
         })
@@ -469,9 +477,7 @@ fn models_check(models: &[ModelReport]) -> Check {
     let fix = broken
         .first()
         .map(|_| "run `qwen-edit fetch-models --model <shorthand>` to complete (it resumes)")
-        .unwrap_or(
-            "run `qwen-edit fetch-models --model 2511` (or let `edit` download it on first use)",
-        );
+        .unwrap_or("run `qwen-edit fetch-models --model 2511` (or let `edit` download it on first use)");
     match (complete.is_empty(), broken.is_empty()) {
         (false, true) => check(
             "models",
@@ -507,12 +513,8 @@ pub fn compute_test(device: &candle_core::Device) -> anyhow::Result<String> {
         anyhow::bail!("a kernel computed {sum}, expected {want}");
     }
     let k = 256usize;
-    let a: Vec<f32> = (0..k * k)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-        .collect();
-    let b: Vec<f32> = (0..k * k)
-        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-        .collect();
+    let a: Vec<f32> = (0..k * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let b: Vec<f32> = (0..k * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
     let a = Tensor::from_vec(a, (k, k), &Device::Cpu)?.to_dtype(DType::BF16)?;
     let b = Tensor::from_vec(b, (k, k), &Device::Cpu)?.to_dtype(DType::BF16)?;
     let reference = a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?;
@@ -584,13 +586,7 @@ fn meminfo() -> (Option<u64>, Option<u64>) {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
     };
     (field("MemTotal:"), field("MemAvailable:"))
@@ -647,15 +643,8 @@ fn render(out: &mut impl Write, r: &Report, color: bool) -> std::io::Result<()> 
             (Some(c), true) => c[..c.len().min(12)].to_string(),
             _ => String::new(),
         };
-        let size = if m.cached {
-            human_bytes(m.bytes)
-        } else {
-            String::new()
-        };
-        let line = format!(
-            "  {:<4}  {:<26}  {:<10}  {:>9}  {at}",
-            m.shorthand, m.repo, state, size
-        );
+        let size = if m.cached { human_bytes(m.bytes) } else { String::new() };
+        let line = format!("  {:<4}  {:<26}  {:<10}  {:>9}  {at}", m.shorthand, m.repo, state, size);
         writeln!(out, "{}", line.trim_end())?;
     }
     if r.ok {
@@ -748,18 +737,9 @@ mod cuda {
                 format!("{call} failed: {text}")
             };
             let init = sym!("cuInit", unsafe extern "C" fn(c_uint) -> CuResult);
-            let driver_version = sym!(
-                "cuDriverGetVersion",
-                unsafe extern "C" fn(*mut c_int) -> CuResult
-            );
-            let count = sym!(
-                "cuDeviceGetCount",
-                unsafe extern "C" fn(*mut c_int) -> CuResult
-            );
-            let device_get = sym!(
-                "cuDeviceGet",
-                unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult
-            );
+            let driver_version = sym!("cuDriverGetVersion", unsafe extern "C" fn(*mut c_int) -> CuResult);
+            let count = sym!("cuDeviceGetCount", unsafe extern "C" fn(*mut c_int) -> CuResult);
+            let device_get = sym!("cuDeviceGet", unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult);
             let device_name = sym!(
                 "cuDeviceGetName",
                 unsafe extern "C" fn(*mut c_char, c_int, CuDevice) -> CuResult
@@ -780,14 +760,8 @@ mod cuda {
                 "cuDevicePrimaryCtxRelease_v2",
                 unsafe extern "C" fn(CuDevice) -> CuResult
             );
-            let push = sym!(
-                "cuCtxPushCurrent_v2",
-                unsafe extern "C" fn(CuContext) -> CuResult
-            );
-            let pop = sym!(
-                "cuCtxPopCurrent_v2",
-                unsafe extern "C" fn(*mut CuContext) -> CuResult
-            );
+            let push = sym!("cuCtxPushCurrent_v2", unsafe extern "C" fn(CuContext) -> CuResult);
+            let pop = sym!("cuCtxPopCurrent_v2", unsafe extern "C" fn(*mut CuContext) -> CuResult);
             let mem_info = sym!(
                 "cuMemGetInfo_v2",
                 unsafe extern "C" fn(*mut usize, *mut usize) -> CuResult

@@ -134,35 +134,26 @@ pub fn declared_components(model_index: &serde_json::Value) -> Vec<String> {
 /// The repo files the pipeline needs: `model_index.json` and, in each folder that both the index
 /// declares and [`layout::COMPONENTS`] names, everything but foreign weight formats and
 /// `*.variant.safetensors` (when plain safetensors exist beside them).
-pub fn select_files<'a>(
-    siblings: &'a [Sibling],
-    model_index: &serde_json::Value,
-) -> Vec<&'a Sibling> {
+pub fn select_files<'a>(siblings: &'a [Sibling], model_index: &serde_json::Value) -> Vec<&'a Sibling> {
     let declared = declared_components(model_index);
     let wanted: Vec<&str> = layout::COMPONENTS
         .iter()
         .copied()
         .filter(|c| declared.iter().any(|d| d == c))
         .collect();
-    let mut out: Vec<&Sibling> = siblings
-        .iter()
-        .filter(|s| s.rfilename == "model_index.json")
-        .collect();
+    let mut out: Vec<&Sibling> = siblings.iter().filter(|s| s.rfilename == "model_index.json").collect();
     for comp in wanted {
         let prefix = format!("{comp}/");
-        let in_comp: Vec<&Sibling> = siblings
-            .iter()
-            .filter(|s| s.rfilename.starts_with(&prefix))
-            .collect();
+        let in_comp: Vec<&Sibling> = siblings.iter().filter(|s| s.rfilename.starts_with(&prefix)).collect();
         let has_plain = in_comp.iter().any(|s| {
             let name = file_name(&s.rfilename);
-            (name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json"))
-                && !is_variant_weight(name)
+            (name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")) && !is_variant_weight(name)
         });
         out.extend(in_comp.into_iter().filter(|s| {
             let name = file_name(&s.rfilename);
-            !FOREIGN_WEIGHTS.iter().any(|ext| name.ends_with(ext))
-                && !(has_plain && is_variant_weight(name))
+            let foreign = FOREIGN_WEIGHTS.iter().any(|ext| name.ends_with(ext));
+            let variant = has_plain && is_variant_weight(name);
+            !foreign && !variant
         }));
     }
     out
@@ -261,15 +252,10 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
     };
     let index_bytes = match &fetched_index {
         Some(b) => b.clone(),
-        None => std::fs::read(&index_blob)
-            .with_context(|| format!("cannot read {}", index_blob.display()))?,
+        None => std::fs::read(&index_blob).with_context(|| format!("cannot read {}", index_blob.display()))?,
     };
-    let index_json: serde_json::Value = serde_json::from_slice(&index_bytes).map_err(|e| {
-        UserError::model_missing(format!(
-            "{}'s model_index.json is not valid JSON: {e}",
-            opts.repo
-        ))
-    })?;
+    let index_json: serde_json::Value = serde_json::from_slice(&index_bytes)
+        .map_err(|e| UserError::model_missing(format!("{}'s model_index.json is not valid JSON: {e}", opts.repo)))?;
 
     let mut files = Vec::new();
     for s in select_files(&info.siblings, &index_json) {
@@ -322,8 +308,7 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
         return Ok(summary);
     }
 
-    std::fs::create_dir_all(&blobs)
-        .with_context(|| format!("cannot create {}", blobs.display()))?;
+    std::fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
     let locks = opts
         .cache
         .join(".locks")
@@ -346,11 +331,7 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
         abort: AtomicBool::new(false),
     };
     if to_download > 0 {
-        let n = summary
-            .files
-            .iter()
-            .filter(|f| f.status != FileStatus::Reused)
-            .count();
+        let n = summary.files.iter().filter(|f| f.status != FileStatus::Reused).count();
         printer.status(format!(
             "downloading {n} files ({}) of {}@{} into {}",
             human_bytes(to_download),
@@ -360,10 +341,7 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
         ));
     }
     if let Some(bytes) = &fetched_index {
-        let i = summary
-            .files
-            .iter()
-            .position(|f| f.path == "model_index.json");
+        let i = summary.files.iter().position(|f| f.path == "model_index.json");
         if let Some(f) = i.map(|i| &mut summary.files[i]) {
             store_bytes(&ctx, f, bytes)?;
             f.status = FileStatus::Downloaded;
@@ -417,11 +395,7 @@ fn incomplete_path(blob: &Path) -> PathBuf {
 fn fetch_small(hub: &Hub, repo: &str, commit: &str, f: &FileReport) -> anyhow::Result<Vec<u8>> {
     const LIMIT: u64 = 16 << 20;
     if f.size > LIMIT {
-        anyhow::bail!(
-            "{} is {} bytes: too large for a config file",
-            f.path,
-            f.size
-        );
+        anyhow::bail!("{} is {} bytes: too large for a config file", f.path, f.size);
     }
     let resp = hub.open_file(repo, commit, &f.path, 0)?;
     if resp.status() != 200 {
@@ -537,10 +511,9 @@ fn download_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<Transfer> {
         });
     }
     let part = incomplete_path(&blob);
-    let bar = ctx.multi.insert_before(
-        &ctx.total,
-        ctx.printer.bytes_bar(f.size, &short_name(&f.path)),
-    );
+    let bar = ctx
+        .multi
+        .insert_before(&ctx.total, ctx.printer.bytes_bar(f.size, &short_name(&f.path)));
     let mut received = 0;
     let mut from_scratch_tried = false;
     let result = loop {
@@ -554,10 +527,9 @@ fn download_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<Transfer> {
             ))
         } else {
             match (&f.sha256, digest) {
-                (Some(want), Some(got)) if *want != got => Some(format!(
-                    "sha256 mismatch for {}: expected {want}, got {got}",
-                    f.path
-                )),
+                (Some(want), Some(got)) if *want != got => {
+                    Some(format!("sha256 mismatch for {}: expected {want}, got {got}", f.path))
+                }
                 _ => None,
             }
         };
@@ -583,19 +555,14 @@ fn download_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<Transfer> {
     let file = std::fs::File::open(&part)?;
     file.sync_all()
         .with_context(|| format!("cannot flush {}", part.display()))?;
-    std::fs::rename(&part, &blob)
-        .with_context(|| format!("cannot move {} into place", part.display()))?;
+    std::fs::rename(&part, &blob).with_context(|| format!("cannot move {} into place", part.display()))?;
     let status = if resumed_from > 0 {
         FileStatus::Resumed
     } else {
         FileStatus::Downloaded
     };
     if !ctx.printer.progress {
-        let how = if resumed_from > 0 {
-            "resumed"
-        } else {
-            "fetched"
-        };
+        let how = if resumed_from > 0 { "resumed" } else { "fetched" };
         ctx.printer
             .status(format!("  {how} {} ({})", f.path, human_bytes(f.size)));
     }
@@ -604,8 +571,7 @@ fn download_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<Transfer> {
 
 /// Holds `<cache>/.locks/models--org--name/<blob>.lock` (huggingface_hub's lock) while alive.
 fn lock_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(&ctx.locks)
-        .with_context(|| format!("cannot create {}", ctx.locks.display()))?;
+    std::fs::create_dir_all(&ctx.locks).with_context(|| format!("cannot create {}", ctx.locks.display()))?;
     let path = ctx.locks.join(format!("{}.lock", f.blob));
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -614,12 +580,9 @@ fn lock_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<std::fs::File> {
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     if fs2::FileExt::try_lock_exclusive(&file).is_err() {
-        ctx.printer.status(format!(
-            "waiting for another process downloading {}",
-            f.path
-        ));
-        fs2::FileExt::lock_exclusive(&file)
-            .with_context(|| format!("cannot lock {}", path.display()))?;
+        ctx.printer
+            .status(format!("waiting for another process downloading {}", f.path));
+        fs2::FileExt::lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))?;
     }
     Ok(file)
 }
@@ -646,8 +609,7 @@ fn fetch_to_part(
     if let (Some(h), true) = (hasher.as_mut(), have > 0) {
         // Hash what an earlier run left, so the whole file is checked at the end.
         let mut r = std::fs::File::open(part)?.take(have);
-        std::io::copy(&mut r, &mut HashWriter(h))
-            .with_context(|| format!("cannot read {}", part.display()))?;
+        std::io::copy(&mut r, &mut HashWriter(h)).with_context(|| format!("cannot read {}", part.display()))?;
     }
     let resumed_from = have;
     bar.set_position(have);
@@ -662,10 +624,7 @@ fn fetch_to_part(
         let resp = ctx.hub.open_file(ctx.repo, &ctx.commit, &f.path, have)?;
         match resp.status() {
             206 if content_range_start(&resp) == Some(have) => {}
-            206 => anyhow::bail!(
-                "the hub answered a range request for {} with another range",
-                f.path
-            ),
+            206 => anyhow::bail!("the hub answered a range request for {} with another range", f.path),
             200 => {
                 if have > 0 {
                     // The server ignored the range and sends the whole file: start over.
@@ -701,11 +660,7 @@ fn fetch_to_part(
                 Ok(0) => break None,
                 Ok(n) => {
                     if have + n as u64 > f.size {
-                        anyhow::bail!(
-                            "the hub sent more than the {} bytes listed for {}",
-                            f.size,
-                            f.path
-                        );
+                        anyhow::bail!("the hub sent more than the {} bytes listed for {}", f.size, f.path);
                     }
                     out.write_all(&buf[..n])
                         .with_context(|| format!("cannot write {}", part.display()))?;
@@ -823,13 +778,11 @@ fn link_snapshot(folder: &Path, commit: &str, rel: &str, blob: &str) -> anyhow::
     let parent = dst
         .parent()
         .ok_or_else(|| anyhow::anyhow!("{} has no parent folder", dst.display()))?;
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let tmp = parent.join(format!(".{}.{}.tmp", file_name(rel), std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     #[cfg(unix)]
-    std::os::unix::fs::symlink(&target, &tmp)
-        .with_context(|| format!("cannot create the link {}", tmp.display()))?;
+    std::os::unix::fs::symlink(&target, &tmp).with_context(|| format!("cannot create the link {}", tmp.display()))?;
     #[cfg(not(unix))]
     std::fs::copy(&blob_path, &tmp)
         .with_context(|| format!("cannot copy {} to {}", blob_path.display(), tmp.display()))?;
@@ -838,8 +791,7 @@ fn link_snapshot(folder: &Path, commit: &str, rel: &str, blob: &str) -> anyhow::
 
 /// Writes `refs/<revision>` = `commit` (atomically; no newline, as huggingface_hub writes it).
 fn write_ref(folder: &Path, revision: &str, commit: &str) -> anyhow::Result<()> {
-    check_rel_path(revision)
-        .map_err(|_| UserError::bad_input(format!("`{revision}` cannot be a revision name")))?;
+    check_rel_path(revision).map_err(|_| UserError::bad_input(format!("`{revision}` cannot be a revision name")))?;
     let path = folder.join("refs").join(revision);
     if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == commit) {
         return Ok(());
@@ -847,13 +799,8 @@ fn write_ref(folder: &Path, revision: &str, commit: &str) -> anyhow::Result<()> 
     let parent = path
         .parent()
         .ok_or_else(|| anyhow::anyhow!("{} has no parent folder", path.display()))?;
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    let tmp = parent.join(format!(
-        ".{}.{}.tmp",
-        file_name(revision),
-        std::process::id()
-    ));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let tmp = parent.join(format!(".{}.{}.tmp", file_name(revision), std::process::id()));
     std::fs::write(&tmp, commit).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -863,8 +810,7 @@ mod tests {
     use super::*;
 
     fn sib(name: &str) -> Sibling {
-        serde_json::from_value(serde_json::json!({"rfilename": name, "size": 1, "blobId": "ab"}))
-            .unwrap()
+        serde_json::from_value(serde_json::json!({"rfilename": name, "size": 1, "blobId": "ab"})).unwrap()
     }
 
     #[test]
@@ -912,14 +858,8 @@ mod tests {
 
     #[test]
     fn link_targets_are_relative() {
-        assert_eq!(
-            link_target("model_index.json", "b"),
-            PathBuf::from("../../blobs/b")
-        );
-        assert_eq!(
-            link_target("vae/config.json", "b"),
-            PathBuf::from("../../../blobs/b")
-        );
+        assert_eq!(link_target("model_index.json", "b"), PathBuf::from("../../blobs/b"));
+        assert_eq!(link_target("vae/config.json", "b"), PathBuf::from("../../../blobs/b"));
     }
 
     #[test]
