@@ -4,7 +4,7 @@
 //! relative links to the blobs (made after the blob is in place), and `refs/<revision>` holding the
 //! commit (written last). A blob being downloaded is locked in `<cache>/.locks/` as Python does.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -16,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::api::{Hub, Sibling};
+use super::transfer;
 use super::{human_bytes, repo_folder};
 use crate::error::UserError;
 use crate::pipeline::layout;
@@ -159,7 +160,7 @@ pub fn select_files<'a>(siblings: &'a [Sibling], model_index: &serde_json::Value
     out
 }
 
-fn file_name(path: &str) -> &str {
+pub(super) fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
@@ -210,16 +211,16 @@ pub fn free_space(path: &Path) -> Option<u64> {
 }
 
 /// Shared state of one fetch.
-struct Ctx<'a> {
-    hub: Hub,
-    repo: &'a str,
-    commit: String,
-    folder: PathBuf,
-    locks: PathBuf,
-    printer: &'a Printer,
-    multi: MultiProgress,
-    total: ProgressBar,
-    abort: AtomicBool,
+pub(super) struct Ctx<'a> {
+    pub(super) hub: Hub,
+    pub(super) repo: &'a str,
+    pub(super) commit: String,
+    pub(super) folder: PathBuf,
+    pub(super) locks: PathBuf,
+    pub(super) printer: &'a Printer,
+    pub(super) multi: MultiProgress,
+    pub(super) total: ProgressBar,
+    pub(super) abort: AtomicBool,
 }
 
 /// Downloads `opts.repo` at `opts.revision` into `opts.cache` (see the module docs).
@@ -381,11 +382,11 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
 }
 
 /// Whether `blob` exists with `size` bytes.
-fn blob_complete(blob: &Path, size: u64) -> bool {
+pub(super) fn blob_complete(blob: &Path, size: u64) -> bool {
     std::fs::metadata(blob).is_ok_and(|m| m.is_file() && m.len() == size)
 }
 
-fn incomplete_path(blob: &Path) -> PathBuf {
+pub(super) fn incomplete_path(blob: &Path) -> PathBuf {
     let mut name = blob.file_name().unwrap_or_default().to_os_string();
     name.push(".incomplete");
     blob.with_file_name(name)
@@ -421,7 +422,7 @@ fn fetch_small(hub: &Hub, repo: &str, commit: &str, f: &FileReport) -> anyhow::R
 fn store_bytes(ctx: &Ctx<'_>, f: &FileReport, bytes: &[u8]) -> anyhow::Result<()> {
     let blob = ctx.folder.join("blobs").join(&f.blob);
     if let Some(want) = &f.sha256 {
-        let got = hex(&Sha256::digest(bytes));
+        let got = super::transfer::hex(&Sha256::digest(bytes));
         if &got != want {
             anyhow::bail!("sha256 mismatch for {}: expected {want}, got {got}", f.path);
         }
@@ -440,7 +441,7 @@ fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow:
         return Ok(0);
     }
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, anyhow::Result<Transfer>)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(usize, anyhow::Result<transfer::Transfer>)>> = Mutex::new(Vec::new());
     let shared: &[FileReport] = files;
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(todo.len()) {
@@ -450,7 +451,7 @@ fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow:
                     break;
                 }
                 let i = todo[k];
-                let r = download_blob(ctx, &shared[i]);
+                let r = transfer::download_blob(ctx, &shared[i]);
                 if r.is_err() {
                     ctx.abort.store(true, Ordering::SeqCst);
                 }
@@ -471,7 +472,7 @@ fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow:
                 received += t.received;
                 files[i].status = t.status;
             }
-            Err(e) if e.downcast_ref::<Cancelled>().is_none() => {
+            Err(e) if e.downcast_ref::<transfer::Cancelled>().is_none() => {
                 first_err.get_or_insert(e);
             }
             Err(_) => {}
@@ -480,267 +481,6 @@ fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow:
     match first_err {
         Some(e) => Err(e),
         None => Ok(received),
-    }
-}
-
-/// Another download failed, so this one stopped.
-#[derive(Debug)]
-struct Cancelled;
-impl std::fmt::Display for Cancelled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cancelled")
-    }
-}
-impl std::error::Error for Cancelled {}
-
-struct Transfer {
-    received: u64,
-    status: FileStatus,
-}
-
-/// Downloads one blob under its lock: resumes `<blob>.incomplete`, verifies, renames into place.
-fn download_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<Transfer> {
-    let blob = ctx.folder.join("blobs").join(&f.blob);
-    let _lock = lock_blob(ctx, f)?;
-    if blob_complete(&blob, f.size) {
-        // Another process finished it while we waited for the lock.
-        ctx.total.inc(f.size - f.partial_bytes);
-        return Ok(Transfer {
-            received: 0,
-            status: FileStatus::Reused,
-        });
-    }
-    let part = incomplete_path(&blob);
-    let bar = ctx
-        .multi
-        .insert_before(&ctx.total, ctx.printer.bytes_bar(f.size, &short_name(&f.path)));
-    let mut received = 0;
-    let mut from_scratch_tried = false;
-    let result = loop {
-        let (got, resumed_from, digest) = fetch_to_part(ctx, f, &part, &bar)?;
-        received += got;
-        let len = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        let bad = if len != f.size {
-            Some(format!(
-                "size mismatch for {}: expected {} bytes, got {len}",
-                f.path, f.size
-            ))
-        } else {
-            match (&f.sha256, digest) {
-                (Some(want), Some(got)) if *want != got => {
-                    Some(format!("sha256 mismatch for {}: expected {want}, got {got}", f.path))
-                }
-                _ => None,
-            }
-        };
-        match bad {
-            None => break Ok(resumed_from),
-            Some(msg) => {
-                let _ = std::fs::remove_file(&part);
-                if resumed_from > 0 && !from_scratch_tried {
-                    // The earlier partial file may be what is wrong: try once from the start.
-                    from_scratch_tried = true;
-                    ctx.total.inc_length(resumed_from);
-                    tracing::warn!("{msg}; downloading {} again from the start", f.path);
-                    continue;
-                }
-                break Err(anyhow::anyhow!(
-                    "{msg}; the download was discarded (nothing was stored at the final path)"
-                ));
-            }
-        }
-    };
-    bar.finish_and_clear();
-    let resumed_from = result?;
-    let file = std::fs::File::open(&part)?;
-    file.sync_all()
-        .with_context(|| format!("cannot flush {}", part.display()))?;
-    std::fs::rename(&part, &blob).with_context(|| format!("cannot move {} into place", part.display()))?;
-    let status = if resumed_from > 0 {
-        FileStatus::Resumed
-    } else {
-        FileStatus::Downloaded
-    };
-    if !ctx.printer.progress {
-        let how = if resumed_from > 0 { "resumed" } else { "fetched" };
-        ctx.printer
-            .status(format!("  {how} {} ({})", f.path, human_bytes(f.size)));
-    }
-    Ok(Transfer { received, status })
-}
-
-/// Holds `<cache>/.locks/models--org--name/<blob>.lock` (huggingface_hub's lock) while alive.
-fn lock_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(&ctx.locks).with_context(|| format!("cannot create {}", ctx.locks.display()))?;
-    let path = ctx.locks.join(format!("{}.lock", f.blob));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    if fs2::FileExt::try_lock_exclusive(&file).is_err() {
-        ctx.printer
-            .status(format!("waiting for another process downloading {}", f.path));
-        fs2::FileExt::lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))?;
-    }
-    Ok(file)
-}
-
-/// Brings `part` to the file's full length, resuming from what it holds. Returns the bytes
-/// received, the length it resumed from, and the sha256 of the whole file when one is expected.
-fn fetch_to_part(
-    ctx: &Ctx<'_>,
-    f: &FileReport,
-    part: &Path,
-    bar: &ProgressBar,
-) -> anyhow::Result<(u64, u64, Option<String>)> {
-    let mut hasher = f.sha256.as_ref().map(|_| Sha256::new());
-    let mut have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    if have > f.size {
-        std::fs::remove_file(part)?;
-        have = 0;
-    }
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(part)
-        .with_context(|| format!("cannot open {}", part.display()))?;
-    if let (Some(h), true) = (hasher.as_mut(), have > 0) {
-        // Hash what an earlier run left, so the whole file is checked at the end.
-        let mut r = std::fs::File::open(part)?.take(have);
-        std::io::copy(&mut r, &mut HashWriter(h)).with_context(|| format!("cannot read {}", part.display()))?;
-    }
-    let resumed_from = have;
-    bar.set_position(have);
-    let mut received = 0u64;
-    let mut failures = 0u32;
-    let mut cuts = 0u32;
-    let mut buf = vec![0u8; 1 << 20];
-    while have < f.size {
-        if ctx.abort.load(Ordering::SeqCst) {
-            return Err(Cancelled.into());
-        }
-        let resp = ctx.hub.open_file(ctx.repo, &ctx.commit, &f.path, have)?;
-        match resp.status() {
-            206 if content_range_start(&resp) == Some(have) => {}
-            206 => anyhow::bail!("the hub answered a range request for {} with another range", f.path),
-            200 => {
-                if have > 0 {
-                    // The server ignored the range and sends the whole file: start over.
-                    out.set_len(0)?;
-                    hasher = f.sha256.as_ref().map(|_| Sha256::new());
-                    ctx.total.inc_length(have);
-                    have = 0;
-                    bar.set_position(0);
-                }
-            }
-            416 => {
-                // The server has fewer bytes than we hold: start over (a few times at most).
-                out.set_len(0)?;
-                hasher = f.sha256.as_ref().map(|_| Sha256::new());
-                ctx.total.inc_length(have);
-                have = 0;
-                bar.set_position(0);
-                cuts += 1;
-                if cuts > 3 {
-                    anyhow::bail!("the hub refused every range request for {}", f.path);
-                }
-                continue;
-            }
-            code => anyhow::bail!("the hub answered {code} for {}", f.path),
-        }
-        let mut reader = resp.into_reader();
-        let mut got_now = 0u64;
-        let err = loop {
-            if ctx.abort.load(Ordering::SeqCst) {
-                return Err(Cancelled.into());
-            }
-            match reader.read(&mut buf) {
-                Ok(0) => break None,
-                Ok(n) => {
-                    if have + n as u64 > f.size {
-                        anyhow::bail!("the hub sent more than the {} bytes listed for {}", f.size, f.path);
-                    }
-                    out.write_all(&buf[..n])
-                        .with_context(|| format!("cannot write {}", part.display()))?;
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(&buf[..n]);
-                    }
-                    have += n as u64;
-                    got_now += n as u64;
-                    bar.inc(n as u64);
-                    ctx.total.inc(n as u64);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(e),
-            }
-        };
-        out.flush()?;
-        received += got_now;
-        if have >= f.size {
-            break;
-        }
-        // The connection ended early. Progress resets the failure count: resume at once.
-        let why = err.map_or_else(|| "connection closed early".to_string(), |e| e.to_string());
-        cuts += 1;
-        if got_now > 0 {
-            failures = 0;
-        } else {
-            failures += 1;
-        }
-        if failures >= ctx.hub.attempts() || cuts > 1000 {
-            anyhow::bail!(
-                "downloading {} failed after {have} of {} bytes: {why} (the partial file is kept; run again to resume)",
-                f.path,
-                f.size
-            );
-        }
-        tracing::debug!("{} interrupted at {have} bytes ({why}); resuming", f.path);
-        if failures > 0 {
-            std::thread::sleep(ctx.hub.backoff(failures));
-        }
-    }
-    Ok((received, resumed_from, hasher.map(|h| hex(&h.finalize()))))
-}
-
-/// The first byte of a 206 answer's `Content-Range: bytes N-M/T`.
-fn content_range_start(resp: &ureq::Response) -> Option<u64> {
-    let v = resp.header("Content-Range")?.trim();
-    let rest = v.strip_prefix("bytes")?.trim_start();
-    rest.split('-').next()?.trim().parse().ok()
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A progress-bar label: the file name, shortened.
-fn short_name(path: &str) -> String {
-    let name = file_name(path);
-    if name.chars().count() <= 28 {
-        name.to_string()
-    } else {
-        let tail: String = name
-            .chars()
-            .rev()
-            .take(27)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        format!("…{tail}")
     }
 }
 

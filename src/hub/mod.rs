@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cache;
 pub mod download;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 
