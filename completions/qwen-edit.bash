@@ -205,7 +205,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__fetch__subcmd__models)
-            opts="-v -q -h -V --model --revision --token --cache-dir --dry-run --json --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --model --revision --token --cache-dir --dry-run --offline --jobs --json --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -224,6 +224,10 @@ _qwen__edit() {
                     return 0
                     ;;
                 --cache-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jobs)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

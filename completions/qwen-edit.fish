@@ -82,10 +82,12 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l mod
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l revision -d 'Hub revision (branch, tag or commit)' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l token -d 'Hub token for gated or private repos' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l cache-dir -d 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l jobs -d 'Files downloaded at once' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l dry-run -d 'List the files and the total size, download nothing'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l offline -d 'Don\'t touch the network: report whether the cache already holds a complete snapshot (exit 0) or not (exit 4). Also HF_HUB_OFFLINE=1'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l json -d 'Print a JSON summary on stdout'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'

@@ -53,10 +53,7 @@ fn cached_model(cache: &Path, repo: &str, complete: bool) {
 
 fn doctor(cache: &Path, json: bool) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_qwen-edit"));
-    c.arg("doctor")
-        .arg("--cache-dir")
-        .arg(cache)
-        .env_remove("NO_COLOR");
+    c.arg("doctor").arg("--cache-dir").arg(cache).env_remove("NO_COLOR");
     if json {
         c.arg("--json");
     }
@@ -97,24 +94,15 @@ fn json_report_states_what_this_machine_has() {
             .to_string()
     };
     for c in checks {
-        assert!(
-            ["pass", "warn", "fail"].contains(&c["status"].as_str().unwrap()),
-            "{c}"
-        );
+        assert!(["pass", "warn", "fail"].contains(&c["status"].as_str().unwrap()), "{c}");
         assert!(c["detail"].as_str().is_some_and(|d| !d.is_empty()), "{c}");
         if c["status"] != "pass" {
-            assert!(
-                c["fix"].as_str().is_some_and(|f| !f.is_empty()),
-                "{c} has no fix"
-            );
+            assert!(c["fix"].as_str().is_some_and(|f| !f.is_empty()), "{c} has no fix");
         }
     }
     let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["status"] == "fail").collect();
     assert_eq!(r["ok"], failed.is_empty());
-    assert_eq!(
-        out.status.code(),
-        Some(if failed.is_empty() { 0 } else { 5 })
-    );
+    assert_eq!(out.status.code(), Some(if failed.is_empty() { 0 } else { 5 }));
     assert_eq!(r["reasons"].as_array().unwrap().len(), failed.len());
 
     let cuda_build = cfg!(feature = "cuda");
@@ -144,9 +132,7 @@ fn json_report_states_what_this_machine_has() {
     assert!(model("2509")["missing"]
         .to_string()
         .contains("processor/preprocessor_config.json"));
-    assert!(model("2509")["bad_size"]
-        .to_string()
-        .contains("vae/model.safetensors"));
+    assert!(model("2509")["bad_size"].to_string().contains("vae/model.safetensors"));
     assert_eq!(model("edit")["cached"], false);
     assert_eq!(status("models"), "warn");
     assert!(r["cache_free_bytes"].as_u64().is_some());
@@ -174,8 +160,7 @@ fn human_report_lists_checks_and_the_verdict() {
         "models",
     ] {
         assert!(
-            text.lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(name)),
+            text.lines().any(|l| l.split_whitespace().nth(1) == Some(name)),
             "no {name} line:\n{text}"
         );
     }
@@ -186,12 +171,110 @@ fn human_report_lists_checks_and_the_verdict() {
     if no_driver_here() {
         assert_eq!(out.status.code(), Some(5), "{text}");
         assert!(text.contains("FAIL  cuda-driver"), "{text}");
-        assert!(
-            text.contains("cannot run `qwen-edit edit` on the GPU"),
-            "{text}"
-        );
+        assert!(text.contains("cannot run `qwen-edit edit` on the GPU"), "{text}");
         assert!(text.contains("fix: "), "{text}");
     } else {
         assert!(matches!(out.status.code(), Some(0 | 5)), "{text}");
     }
+}
+
+/// A stand-in `libcuda.so.1` (built with the C compiler) exporting the driver calls doctor makes:
+/// two GPUs, CUDA 13.0, compute 9.0 and 8.6, 150 GB / 24 GB. `cuInit` returns `$STANDIN_CUINIT`.
+const STANDIN_DRIVER: &str = r#"
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+static void *current;
+int cuGetErrorName(int e, const char **s) { *s = e == 100 ? "CUDA_ERROR_NO_DEVICE" : "CUDA_ERROR_UNKNOWN"; return 0; }
+int cuInit(unsigned f) { const char *v = getenv("STANDIN_CUINIT"); return v ? atoi(v) : 0; }
+int cuDriverGetVersion(int *v) { *v = 13000; return 0; }
+int cuDeviceGetCount(int *n) { *n = 2; return 0; }
+int cuDeviceGet(int *d, int o) { *d = o; return 0; }
+int cuDeviceGetName(char *b, int len, int d) { snprintf(b, len, "Stand-in GPU %d", d); return 0; }
+int cuDeviceGetAttribute(int *v, int a, int d) { *v = a == 75 ? (d == 0 ? 9 : 8) : a == 76 ? (d == 0 ? 0 : 6) : 0; return 0; }
+int cuDeviceTotalMem_v2(size_t *b, int d) { *b = d == 0 ? 150000000000ULL : 24000000000ULL; return 0; }
+int cuDevicePrimaryCtxRetain(void **c, int d) { *c = (void *)(size_t)(d + 1); return 0; }
+int cuDevicePrimaryCtxRelease_v2(int d) { return 0; }
+int cuCtxPushCurrent_v2(void *c) { current = c; return 0; }
+int cuCtxPopCurrent_v2(void **c) { *c = current; current = 0; return 0; }
+int cuMemGetInfo_v2(size_t *f, size_t *t) {
+  *t = current == (void *)1 ? 150000000000ULL : 24000000000ULL;
+  *f = current == (void *)1 ? 140000000000ULL : 1000000000ULL;
+  return 0;
+}
+"#;
+
+/// Builds the stand-in driver into `dir`; `None` when no C compiler is installed.
+fn standin_driver(dir: &Path) -> Option<()> {
+    let src = dir.join("cuda.c");
+    std::fs::write(&src, STANDIN_DRIVER).unwrap();
+    let ok = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(dir.join("libcuda.so.1"))
+        .arg(&src)
+        .status()
+        .ok()?
+        .success();
+    ok.then_some(())
+}
+
+#[test]
+fn gpus_are_read_from_the_driver_library() {
+    let tmp = tempfile::tempdir().unwrap();
+    if standin_driver(tmp.path()).is_none() {
+        eprintln!("skipped: no C compiler to build the stand-in libcuda.so.1");
+        return;
+    }
+    let run = |cuinit: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_qwen-edit"));
+        c.args(["doctor", "--json", "--cache-dir"])
+            .arg(tmp.path())
+            .env("LD_LIBRARY_PATH", tmp.path());
+        if let Some(v) = cuinit {
+            c.env("STANDIN_CUINIT", v);
+        }
+        let out = c.output().unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), r)
+    };
+    let status = |r: &serde_json::Value, name: &str| {
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["status"]
+            .clone()
+    };
+
+    let (code, r) = run(None);
+    assert_eq!(r["driver_version"], "13.0");
+    assert_eq!(status(&r, "cuda-driver"), "pass");
+    assert_eq!(status(&r, "gpus"), "pass");
+    let gpus = r["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 2);
+    assert_eq!(gpus[0]["name"], "Stand-in GPU 0");
+    assert_eq!(gpus[0]["compute_capability"], "9.0");
+    assert_eq!(gpus[1]["compute_capability"], "8.6");
+    assert_eq!(gpus[0]["total_bytes"], 150_000_000_000u64);
+    assert_eq!(gpus[0]["free_bytes"], 140_000_000_000u64);
+    assert_eq!(gpus[1]["free_bytes"], 1_000_000_000u64);
+    // GPU 0 holds the pipeline.
+    assert_eq!(status(&r, "gpu-memory"), "pass");
+    if !cfg!(feature = "cuda") {
+        // The CPU build still cannot run edit on the GPU.
+        assert_eq!(code, Some(5));
+        assert_eq!(r["reasons"].as_array().unwrap().len(), 1, "{}", r["reasons"]);
+    }
+
+    // A driver without devices: cuInit fails with CUDA_ERROR_NO_DEVICE.
+    let (code, r) = run(Some("100"));
+    assert_eq!(code, Some(5));
+    assert_eq!(status(&r, "cuda-driver"), "fail");
+    let detail = r["checks"][1]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("CUDA_ERROR_NO_DEVICE") && detail.contains("CUDA 13.0"),
+        "{detail}"
+    );
+    assert!(r["gpus"].as_array().unwrap().is_empty());
 }

@@ -22,10 +22,7 @@ const REPO: &str = "test-org/tiny-edit";
 const SHARD1: &str = "transformer/diffusion_pytorch_model-00001-of-00002.safetensors";
 
 fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A safetensors file with one F32 tensor of `n` values (deterministic, `seed`-dependent).
@@ -89,14 +86,9 @@ fn tiny_model() -> Vec<RepoFile> {
         ),
         text(
             "scheduler/scheduler_config.json",
-            json(
-                serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0}),
-            ),
+            json(serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0})),
         ),
-        text(
-            "transformer/config.json",
-            json(serde_json::json!({"num_layers": 2})),
-        ),
+        text("transformer/config.json", json(serde_json::json!({"num_layers": 2}))),
         text(
             "transformer/diffusion_pytorch_model.safetensors.index.json",
             json(serde_json::json!({
@@ -113,18 +105,9 @@ fn tiny_model() -> Vec<RepoFile> {
             safetensors("b", 20_000, 2),
         ),
         text("vae/config.json", json(serde_json::json!({"base_dim": 8}))),
-        lfs(
-            "vae/diffusion_pytorch_model.safetensors",
-            safetensors("v", 5_000, 3),
-        ),
-        text(
-            "text_encoder/config.json",
-            json(serde_json::json!({"hidden_size": 16})),
-        ),
-        lfs(
-            "text_encoder/model.safetensors",
-            safetensors("t", 10_000, 4),
-        ),
+        lfs("vae/diffusion_pytorch_model.safetensors", safetensors("v", 5_000, 3)),
+        text("text_encoder/config.json", json(serde_json::json!({"hidden_size": 16}))),
+        lfs("text_encoder/model.safetensors", safetensors("t", 10_000, 4)),
         lfs("text_encoder/pytorch_model.bin", vec![7u8; 3_000]),
         text("tokenizer/vocab.json", b"{}".to_vec()),
         text(
@@ -264,21 +247,11 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>, files: &[RepoFile]) {
         };
         if repo != REPO {
             let h = [("X-Error-Code".to_string(), "RepoNotFound".to_string())];
-            return respond(
-                &mut conn,
-                "404 Not Found",
-                &h,
-                br#"{"error":"Repository not found"}"#,
-            );
+            return respond(&mut conn, "404 Not Found", &h, br#"{"error":"Repository not found"}"#);
         }
         if !authorized {
             let h = [("X-Error-Code".to_string(), "GatedRepo".to_string())];
-            return respond(
-                &mut conn,
-                "401 Unauthorized",
-                &h,
-                br#"{"error":"Access restricted"}"#,
-            );
+            return respond(&mut conn, "401 Unauthorized", &h, br#"{"error":"Access restricted"}"#);
         }
         if st.api_503_once {
             st.api_503_once = false;
@@ -286,12 +259,7 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>, files: &[RepoFile]) {
         }
         if rev != "main" && rev != COMMIT {
             let h = [("X-Error-Code".to_string(), "RevisionNotFound".to_string())];
-            return respond(
-                &mut conn,
-                "404 Not Found",
-                &h,
-                br#"{"error":"Invalid rev id"}"#,
-            );
+            return respond(&mut conn, "404 Not Found", &h, br#"{"error":"Invalid rev id"}"#);
         }
         let siblings: Vec<serde_json::Value> = files
             .iter()
@@ -328,13 +296,7 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>, files: &[RepoFile]) {
         }
         let cut = st.cut_after.remove(&f.path);
         drop(st);
-        return serve_body(
-            &mut conn,
-            &body,
-            range.as_deref(),
-            cut,
-            &format!("\"{sha}\""),
-        );
+        return serve_body(&mut conn, &body, range.as_deref(), cut, &format!("\"{sha}\""));
     }
 
     let prefix = format!("/{REPO}/resolve/");
@@ -374,24 +336,12 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>, files: &[RepoFile]) {
     }
     let cut = st.cut_after.remove(&f.path);
     drop(st);
-    serve_body(
-        &mut conn,
-        &body,
-        range.as_deref(),
-        cut,
-        &format!("\"{}\"", &sha[..40]),
-    )
+    serve_body(&mut conn, &body, range.as_deref(), cut, &format!("\"{}\"", &sha[..40]))
 }
 
 /// 200 or 206 (for `Range: bytes=N-`); with `cut`, sends the headers of the whole answer but
 /// only `cut` body bytes, then closes the connection.
-fn serve_body(
-    conn: &mut TcpStream,
-    body: &[u8],
-    range: Option<&str>,
-    cut: Option<usize>,
-    etag: &str,
-) {
+fn serve_body(conn: &mut TcpStream, body: &[u8], range: Option<&str>, cut: Option<usize>, etag: &str) {
     let start = range
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
@@ -476,11 +426,7 @@ fn snapshot(cache: &Path) -> PathBuf {
 }
 
 fn content(path: &str) -> Vec<u8> {
-    tiny_model()
-        .into_iter()
-        .find(|f| f.path == path)
-        .unwrap()
-        .bytes
+    tiny_model().into_iter().find(|f| f.path == path).unwrap().bytes
 }
 
 /// The snapshot is complete, every file links to a blob with the right bytes, nothing extra.
@@ -541,10 +487,7 @@ fn full_download_has_the_hub_layout_and_json_summary() {
     let mut want = expected_paths();
     want.sort();
     assert_eq!(paths, want);
-    let total: u64 = expected_paths()
-        .iter()
-        .map(|p| content(p).len() as u64)
-        .sum();
+    let total: u64 = expected_paths().iter().map(|p| content(p).len() as u64).sum();
     assert_eq!(j["total_bytes"], total);
     assert_eq!(j["downloaded_bytes"], total);
     assert_eq!(j["reused_bytes"], 0);
@@ -559,10 +502,7 @@ fn full_download_has_the_hub_layout_and_json_summary() {
         }
     }
     // Python's lock files live beside the cache.
-    assert!(tmp
-        .path()
-        .join(".locks/models--test-org--tiny-edit")
-        .is_dir());
+    assert!(tmp.path().join(".locks/models--test-org--tiny-edit").is_dir());
 }
 
 #[test]
@@ -575,11 +515,7 @@ fn a_cut_connection_is_resumed_with_range() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_complete_cache(tmp.path());
     let cdn = format!("/cdn/{}", sha256(&content(SHARD1)));
-    let hits: Vec<_> = hub
-        .log()
-        .into_iter()
-        .filter(|(p, _, _)| *p == cdn)
-        .collect();
+    let hits: Vec<_> = hub.log().into_iter().filter(|(p, _, _)| *p == cdn).collect();
     assert_eq!(hits.len(), 2, "{hits:?}");
     assert_eq!(hits[0].1, None);
     let range = hits[1].1.clone().expect("the second request carries Range");
@@ -600,20 +536,12 @@ fn an_interrupted_earlier_run_is_continued() {
     let bytes = content(SHARD1);
     let blobs = repo_dir(tmp.path()).join("blobs");
     std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::write(
-        blobs.join(format!("{}.incomplete", sha256(&bytes))),
-        &bytes[..50_000],
-    )
-    .unwrap();
+    std::fs::write(blobs.join(format!("{}.incomplete", sha256(&bytes))), &bytes[..50_000]).unwrap();
     let out = fetch(&hub, tmp.path(), &["--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_complete_cache(tmp.path());
     let cdn = format!("/cdn/{}", sha256(&bytes));
-    let hits: Vec<_> = hub
-        .log()
-        .into_iter()
-        .filter(|(p, _, _)| *p == cdn)
-        .collect();
+    let hits: Vec<_> = hub.log().into_iter().filter(|(p, _, _)| *p == cdn).collect();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].1.as_deref(), Some("bytes=50000-"));
     let j = json_of(&out);
@@ -656,18 +584,10 @@ fn an_unknown_repo_exits_4() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("nobody/nothing not found"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("nobody/nothing not found"), "{}", stderr(&out));
     let out = fetch(&hub, tmp.path(), &["--revision", "v9"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no revision `v9`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no revision `v9`"), "{}", stderr(&out));
 }
 
 #[test]
@@ -736,15 +656,10 @@ fn offline_mode_reads_only_the_cache() {
         String::from_utf8_lossy(&out.stdout).trim(),
         snapshot(tmp.path()).to_str().unwrap()
     );
-    assert_eq!(
-        hub.log().len(),
-        requests,
-        "offline mode touched the network"
-    );
+    assert_eq!(hub.log().len(), requests, "offline mode touched the network");
 
     // A snapshot that lost a weight file is incomplete.
-    std::fs::remove_file(snapshot(tmp.path()).join("vae/diffusion_pytorch_model.safetensors"))
-        .unwrap();
+    std::fs::remove_file(snapshot(tmp.path()).join("vae/diffusion_pytorch_model.safetensors")).unwrap();
     let out = offline(&["--json"]);
     assert_eq!(out.status.code(), Some(4));
     let missing = json_of(&out)["missing"].to_string();
@@ -762,11 +677,7 @@ fn an_existing_cache_is_reused() {
     let j = json_of(&out);
     assert_eq!(j["downloaded_bytes"], 0);
     assert_eq!(j["reused_bytes"], j["total_bytes"]);
-    assert!(j["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|f| f["status"] == "reused"));
+    assert!(j["files"].as_array().unwrap().iter().all(|f| f["status"] == "reused"));
     // Only the API call: no file was requested again.
     let again: Vec<_> = hub.log()[first..].to_vec();
     assert_eq!(again.len(), 1, "{again:?}");
@@ -786,10 +697,7 @@ fn dry_run_lists_files_and_writes_nothing() {
     }
     assert!(!text.contains("tokenizer/vocab.json"));
     assert!(text.contains("total "), "{text}");
-    assert!(
-        !repo_dir(tmp.path()).exists(),
-        "a dry run wrote to the cache"
-    );
+    assert!(!repo_dir(tmp.path()).exists(), "a dry run wrote to the cache");
 
     let out = fetch(&hub, tmp.path(), &["--dry-run", "--json"]);
     assert_eq!(out.status.code(), Some(0));
@@ -797,11 +705,7 @@ fn dry_run_lists_files_and_writes_nothing() {
     assert_eq!(j["dry_run"], true);
     assert_eq!(j["to_download_bytes"], j["total_bytes"]);
     assert_eq!(j["downloaded_bytes"], 0);
-    assert!(j["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|f| f["status"] == "pending"));
+    assert!(j["files"].as_array().unwrap().iter().all(|f| f["status"] == "pending"));
     assert!(j["free_bytes"].as_u64().is_some());
     assert!(!repo_dir(tmp.path()).exists());
 }
@@ -815,19 +719,11 @@ fn server_errors_are_retried_and_unreachable_hubs_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let out = fetch(&hub, tmp.path(), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let api_calls = hub
-        .log()
-        .iter()
-        .filter(|(p, _, _)| p.starts_with("/api/"))
-        .count();
+    let api_calls = hub.log().iter().filter(|(p, _, _)| p.starts_with("/api/")).count();
     assert_eq!(api_calls, 2);
 
     // Nothing listens on a port just freed: connection refused, tried twice, exit 1.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let out = qwen_edit(&format!("http://127.0.0.1:{port}"), tmp.path())
         .env("QWEN_EDIT_HTTP_RETRIES", "2")
         .args(["fetch-models", "--model", REPO, "--cache-dir"])
@@ -835,11 +731,7 @@ fn server_errors_are_retried_and_unreachable_hubs_fail_clearly() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cannot reach the hub"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("cannot reach the hub"), "{}", stderr(&out));
     assert!(stderr(&out).contains("2 tries"), "{}", stderr(&out));
 }
 
@@ -857,10 +749,8 @@ fn ensure_model_downloads_once_then_uses_the_cache() {
     assert_eq!(dir, snapshot(tmp.path()));
     assert_complete_cache(tmp.path());
     // The hub is gone now: a complete snapshot needs no network, offline or not.
-    let again =
-        qwen_edit::hub::ensure_model(REPO, "main", tmp.path(), true, None, &printer).unwrap();
+    let again = qwen_edit::hub::ensure_model(REPO, "main", tmp.path(), true, None, &printer).unwrap();
     assert_eq!(again, dir);
-    let again =
-        qwen_edit::hub::ensure_model(REPO, "main", tmp.path(), false, None, &printer).unwrap();
+    let again = qwen_edit::hub::ensure_model(REPO, "main", tmp.path(), false, None, &printer).unwrap();
     assert_eq!(again, dir);
 }

@@ -125,7 +125,7 @@ pub fn run(args: DoctorArgs, printer: Printer) -> anyhow::Result<u8> {
         writeln!(out)?;
     } else {
         let color = printer.color && std::io::stdout().is_terminal();
-        render(&mut out, &report, color)?;
+        render::render(&mut out, &report, color)?;
     }
     Ok(if report.ok { 0 } else { 5 })
 }
@@ -139,11 +139,7 @@ pub fn collect(cache: &std::path::Path) -> Report {
             Status::Pass,
             format!(
                 "built with the cuda feature{}",
-                if cfg!(feature = "cudnn") {
-                    " and cuDNN"
-                } else {
-                    ""
-                }
+                if cfg!(feature = "cudnn") { " and cuDNN" } else { "" }
             ),
             None,
         )
@@ -205,12 +201,7 @@ pub fn collect(cache: &std::path::Path) -> Report {
             "nvidia-smi",
             Status::Pass,
             list.iter()
-                .map(|g| {
-                    format!(
-                        "{} ({} MiB used of {})",
-                        g.name, g.memory_used, g.memory_total
-                    )
-                })
+                .map(|g| format!("{} ({} MiB used of {})", g.name, g.memory_used, g.memory_total))
                 .collect::<Vec<_>>()
                 .join("; "),
             None,
@@ -412,8 +403,28 @@ fn memory_check(gpus: &[Gpu]) -> Check {
         .filter(|g| g.total_bytes >= REQUIRED_GPU_BYTES)
         .find(|g| g.free_bytes.is_none_or(|f| f >= REQUIRED_GPU_BYTES))
     {
-        Some(g) => check("gpu-memory", Status::Pass, format!("GPU {} has {} ({} free), the bf16 pipeline needs ~{need}", g.index, human_bytes(g.total_bytes), g.free_bytes.map(human_bytes).unwrap_or_else(|| "?".into())), None),
-        None => check("gpu-memory", Status::Warn, format!("GPU {} has {} but only {} free; the bf16 pipeline needs ~{need}", best.index, human_bytes(best.total_bytes), best.free_bytes.map(human_bytes).unwrap_or_default()), Some("stop the other programs using the GPU (see `nvidia-smi`), or pick a free one with --device cuda:N")),
+        Some(g) => check(
+            "gpu-memory",
+            Status::Pass,
+            format!(
+                "GPU {} has {} ({} free), the bf16 pipeline needs ~{need}",
+                g.index,
+                human_bytes(g.total_bytes),
+                g.free_bytes.map(human_bytes).unwrap_or_else(|| "?".into())
+            ),
+            None,
+        ),
+        None => check(
+            "gpu-memory",
+            Status::Warn,
+            format!(
+                "GPU {} has {} but only {} free; the bf16 pipeline needs ~{need}",
+                best.index,
+                human_bytes(best.total_bytes),
+                best.free_bytes.map(human_bytes).unwrap_or_default()
+            ),
+            Some("stop the other programs using the GPU (see `nvidia-smi`), or pick a free one with --device cuda:N"),
+        ),
     }
 }
 
@@ -458,10 +469,7 @@ fn models_check(models: &[ModelReport]) -> Check {
                 what.push(format!("{} truncated", m.bad_size.len()));
             }
             if m.partial_bytes > 0 {
-                what.push(format!(
-                    "{} partly downloaded",
-                    human_bytes(m.partial_bytes)
-                ));
+                what.push(format!("{} partly downloaded", human_bytes(m.partial_bytes)));
             }
             format!("{} incomplete ({})", m.shorthand, what.join(", "))
         })
@@ -469,9 +477,7 @@ fn models_check(models: &[ModelReport]) -> Check {
     let fix = broken
         .first()
         .map(|_| "run `qwen-edit fetch-models --model <shorthand>` to complete (it resumes)")
-        .unwrap_or(
-            "run `qwen-edit fetch-models --model 2511` (or let `edit` download it on first use)",
-        );
+        .unwrap_or("run `qwen-edit fetch-models --model 2511` (or let `edit` download it on first use)");
     match (complete.is_empty(), broken.is_empty()) {
         (false, true) => check(
             "models",
@@ -507,12 +513,8 @@ pub fn compute_test(device: &candle_core::Device) -> anyhow::Result<String> {
         anyhow::bail!("a kernel computed {sum}, expected {want}");
     }
     let k = 256usize;
-    let a: Vec<f32> = (0..k * k)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-        .collect();
-    let b: Vec<f32> = (0..k * k)
-        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-        .collect();
+    let a: Vec<f32> = (0..k * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let b: Vec<f32> = (0..k * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
     let a = Tensor::from_vec(a, (k, k), &Device::Cpu)?.to_dtype(DType::BF16)?;
     let b = Tensor::from_vec(b, (k, k), &Device::Cpu)?.to_dtype(DType::BF16)?;
     let reference = a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?;
@@ -584,280 +586,14 @@ fn meminfo() -> (Option<u64>, Option<u64>) {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
     };
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
-/// The human report: aligned columns, coloured when stdout is a terminal.
-fn render(out: &mut impl Write, r: &Report, color: bool) -> std::io::Result<()> {
-    let paint = |text: &str, code: &str| {
-        if color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_string()
-        }
-    };
-    writeln!(out, "qwen-edit {} doctor", r.build.version)?;
-    let width = r.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
-    for c in &r.checks {
-        let tag = match c.status {
-            Status::Pass => paint("pass", "32"),
-            Status::Warn => paint("warn", "33"),
-            Status::Fail => paint("FAIL", "1;31"),
-        };
-        writeln!(out, "  {tag}  {:<width$}  {}", c.name, c.detail)?;
-        if let Some(fix) = &c.fix {
-            writeln!(out, "        {:<width$}  fix: {fix}", "")?;
-        }
-    }
-    if !r.gpus.is_empty() {
-        writeln!(out, "GPUs")?;
-        for g in &r.gpus {
-            writeln!(
-                out,
-                "  {}  {:<24}  compute {}  {:>9} total  {:>9} free  {}",
-                g.index,
-                g.name,
-                g.compute_capability,
-                human_bytes(g.total_bytes),
-                g.free_bytes.map(human_bytes).unwrap_or_else(|| "?".into()),
-                g.compute_test.as_deref().unwrap_or("")
-            )?;
-        }
-    }
-    writeln!(out, "Models in {}", r.cache_dir.display())?;
-    for m in &r.models {
-        let state = if m.complete {
-            paint("complete", "32")
-        } else if m.cached {
-            paint("incomplete", "33")
-        } else {
-            "not cached".to_string()
-        };
-        let at = match (&m.commit, m.refs.is_empty()) {
-            (Some(c), false) => format!("{} -> {}", m.refs.join(","), &c[..c.len().min(12)]),
-            (Some(c), true) => c[..c.len().min(12)].to_string(),
-            _ => String::new(),
-        };
-        let size = if m.cached {
-            human_bytes(m.bytes)
-        } else {
-            String::new()
-        };
-        let line = format!(
-            "  {:<4}  {:<26}  {:<10}  {:>9}  {at}",
-            m.shorthand, m.repo, state, size
-        );
-        writeln!(out, "{}", line.trim_end())?;
-    }
-    if r.ok {
-        writeln!(
-            out,
-            "{} this machine can run `qwen-edit edit` on the GPU",
-            paint("ok:", "1;32")
-        )?;
-    } else {
-        writeln!(
-            out,
-            "{} this machine cannot run `qwen-edit edit` on the GPU:",
-            paint("not ready:", "1;31")
-        )?;
-        for reason in &r.reasons {
-            writeln!(out, "  - {reason}")?;
-        }
-    }
-    Ok(())
-}
-
-/// The CUDA driver API, opened with `dlopen` so that every build can report on the GPUs.
-mod cuda {
-    use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
-
-    use libloading::{Library, Symbol};
-
-    type CuResult = c_int;
-    type CuDevice = c_int;
-    type CuContext = *mut c_void;
-
-    const ATTR_CC_MAJOR: c_int = 75;
-    const ATTR_CC_MINOR: c_int = 76;
-
-    pub struct Device {
-        pub name: String,
-        pub cc: (i32, i32),
-        pub total: u64,
-        pub free: Option<u64>,
-    }
-
-    pub struct Probe {
-        pub library: String,
-        /// `cuDriverGetVersion`: 1000 × major + 10 × minor.
-        pub version: i32,
-        pub devices: Vec<Device>,
-    }
-
-    /// Loads libcuda and asks it about every device.
-    pub fn probe() -> Result<Probe, String> {
-        let mut last = String::new();
-        for name in ["libcuda.so.1", "libcuda.so"] {
-            // SAFETY: loading the NVIDIA driver library runs only its own initialisers.
-            match unsafe { Library::new(name) } {
-                Ok(lib) => return query(&lib, name),
-                Err(e) => {
-                    last = match std::error::Error::source(&e) {
-                        Some(cause) => format!("{e}: {cause}"),
-                        None => e.to_string(),
-                    }
-                }
-            }
-        }
-        Err(format!("libcuda.so.1 cannot be loaded ({last})"))
-    }
-
-    fn query(lib: &Library, name: &str) -> Result<Probe, String> {
-        // SAFETY: each symbol is looked up with the C signature the CUDA driver API documents,
-        // and every out-pointer handed to it points at a live local of the matching type.
-        unsafe {
-            macro_rules! sym {
-                ($name:literal, $ty:ty) => {{
-                    let s: Symbol<$ty> = lib
-                        .get(concat!($name, "\0").as_bytes())
-                        .map_err(|e| format!("{name} has no {}: {e}", $name))?;
-                    s
-                }};
-            }
-            let get_error_name = sym!(
-                "cuGetErrorName",
-                unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult
-            );
-            let err = |call: &str, code: CuResult| {
-                let mut s: *const c_char = std::ptr::null();
-                let text = if get_error_name(code, &mut s) == 0 && !s.is_null() {
-                    CStr::from_ptr(s).to_string_lossy().into_owned()
-                } else {
-                    format!("error {code}")
-                };
-                format!("{call} failed: {text}")
-            };
-            let init = sym!("cuInit", unsafe extern "C" fn(c_uint) -> CuResult);
-            let driver_version = sym!(
-                "cuDriverGetVersion",
-                unsafe extern "C" fn(*mut c_int) -> CuResult
-            );
-            let count = sym!(
-                "cuDeviceGetCount",
-                unsafe extern "C" fn(*mut c_int) -> CuResult
-            );
-            let device_get = sym!(
-                "cuDeviceGet",
-                unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult
-            );
-            let device_name = sym!(
-                "cuDeviceGetName",
-                unsafe extern "C" fn(*mut c_char, c_int, CuDevice) -> CuResult
-            );
-            let attribute = sym!(
-                "cuDeviceGetAttribute",
-                unsafe extern "C" fn(*mut c_int, c_int, CuDevice) -> CuResult
-            );
-            let total_mem = sym!(
-                "cuDeviceTotalMem_v2",
-                unsafe extern "C" fn(*mut usize, CuDevice) -> CuResult
-            );
-            let retain = sym!(
-                "cuDevicePrimaryCtxRetain",
-                unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult
-            );
-            let release = sym!(
-                "cuDevicePrimaryCtxRelease_v2",
-                unsafe extern "C" fn(CuDevice) -> CuResult
-            );
-            let push = sym!(
-                "cuCtxPushCurrent_v2",
-                unsafe extern "C" fn(CuContext) -> CuResult
-            );
-            let pop = sym!(
-                "cuCtxPopCurrent_v2",
-                unsafe extern "C" fn(*mut CuContext) -> CuResult
-            );
-            let mem_info = sym!(
-                "cuMemGetInfo_v2",
-                unsafe extern "C" fn(*mut usize, *mut usize) -> CuResult
-            );
-
-            let mut version: c_int = 0;
-            let r = driver_version(&mut version);
-            if r != 0 {
-                return Err(err("cuDriverGetVersion", r));
-            }
-            let r = init(0);
-            if r != 0 {
-                return Err(format!(
-                    "{name} loaded (CUDA {}.{}), but {}",
-                    version / 1000,
-                    (version % 1000) / 10,
-                    err("cuInit", r)
-                ));
-            }
-            let mut n: c_int = 0;
-            let r = count(&mut n);
-            if r != 0 {
-                return Err(err("cuDeviceGetCount", r));
-            }
-            let mut devices = Vec::new();
-            for ordinal in 0..n {
-                let mut dev: CuDevice = 0;
-                let r = device_get(&mut dev, ordinal);
-                if r != 0 {
-                    return Err(err("cuDeviceGet", r));
-                }
-                let mut buf = [0 as c_char; 256];
-                let name = if device_name(buf.as_mut_ptr(), buf.len() as c_int, dev) == 0 {
-                    CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-                } else {
-                    "unknown".to_string()
-                };
-                let (mut major, mut minor): (c_int, c_int) = (0, 0);
-                attribute(&mut major, ATTR_CC_MAJOR, dev);
-                attribute(&mut minor, ATTR_CC_MINOR, dev);
-                let mut total: usize = 0;
-                total_mem(&mut total, dev);
-                let mut free = None;
-                let mut ctx: CuContext = std::ptr::null_mut();
-                if retain(&mut ctx, dev) == 0 {
-                    if push(ctx) == 0 {
-                        let (mut f, mut t): (usize, usize) = (0, 0);
-                        if mem_info(&mut f, &mut t) == 0 {
-                            free = Some(f as u64);
-                        }
-                        let mut popped: CuContext = std::ptr::null_mut();
-                        pop(&mut popped);
-                    }
-                    release(dev);
-                }
-                devices.push(Device {
-                    name,
-                    cc: (major, minor),
-                    total: total as u64,
-                    free,
-                });
-            }
-            Ok(Probe {
-                library: name.to_string(),
-                version,
-                devices,
-            })
-        }
-    }
-}
+mod cuda;
+mod render;
 
 #[cfg(test)]
 mod tests {

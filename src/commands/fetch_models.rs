@@ -70,10 +70,7 @@ pub fn run(args: FetchModelsArgs, printer: Printer) -> anyhow::Result<u8> {
 }
 
 fn short_commit(s: &FetchSummary) -> &str {
-    s.commit
-        .as_deref()
-        .map(|c| &c[..c.len().min(12)])
-        .unwrap_or("?")
+    s.commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("?")
 }
 
 /// One line per file (size, state, path), then the totals.
@@ -84,13 +81,7 @@ fn print_dry_run(out: &mut impl Write, s: &FetchSummary) -> std::io::Result<()> 
             _ if f.partial_bytes > 0 => format!("partial {}", hub::human_bytes(f.partial_bytes)),
             _ => "fetch".to_string(),
         };
-        writeln!(
-            out,
-            "{:>10}  {:<16}  {}",
-            hub::human_bytes(f.size),
-            state,
-            f.path
-        )?;
+        writeln!(out, "{:>10}  {:<16}  {}", hub::human_bytes(f.size), state, f.path)?;
     }
     writeln!(
         out,

@@ -97,10 +97,7 @@ pub fn token_from_env() -> Option<String> {
                         .filter(|p| !p.is_empty())
                         .map(|d| std::path::PathBuf::from(d).join("huggingface"))
                 })
-                .or_else(|| {
-                    directories::BaseDirs::new()
-                        .map(|b| b.home_dir().join(".cache").join("huggingface"))
-                })?;
+                .or_else(|| directories::BaseDirs::new().map(|b| b.home_dir().join(".cache").join("huggingface")))?;
             home.join("token")
         }
     };
@@ -122,10 +119,7 @@ pub fn encode_segment(s: &str) -> String {
 
 /// `org/name` with each part encoded.
 fn encode_repo(repo: &str) -> String {
-    repo.split('/')
-        .map(encode_segment)
-        .collect::<Vec<_>>()
-        .join("/")
+    repo.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
 }
 
 /// A client of one hub endpoint.
@@ -169,10 +163,7 @@ impl Hub {
             .clamp(1, 20);
         Self {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            token: token
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string),
+            token: token.map(str::trim).filter(|t| !t.is_empty()).map(str::to_string),
             agent,
             attempts,
             backoff: Duration::from_millis(500),
@@ -222,13 +213,7 @@ impl Hub {
 
     /// Starts downloading `path` of `repo` at `commit`, from byte `offset` on (`Range`). The answer
     /// is 200 (whole file) or 206 (from `offset`); 416 is passed back too.
-    pub fn open_file(
-        &self,
-        repo: &str,
-        commit: &str,
-        path: &str,
-        offset: u64,
-    ) -> anyhow::Result<ureq::Response> {
+    pub fn open_file(&self, repo: &str, commit: &str, path: &str, offset: u64) -> anyhow::Result<ureq::Response> {
         let url = self.file_url(repo, commit, path);
         self.get(&url, Some(offset), &Target::File { repo, path })
     }
@@ -246,12 +231,7 @@ impl Hub {
     }
 
     /// GET with retries: network errors, 429 and 5xx are tried again after a pause.
-    fn get(
-        &self,
-        url: &str,
-        range_from: Option<u64>,
-        target: &Target<'_>,
-    ) -> anyhow::Result<ureq::Response> {
+    fn get(&self, url: &str, range_from: Option<u64>, target: &Target<'_>) -> anyhow::Result<ureq::Response> {
         let mut last = String::new();
         for attempt in 1..=self.attempts {
             if attempt > 1 {
@@ -281,9 +261,7 @@ impl Hub {
                 Err(ureq::Error::Transport(t)) => {
                     if matches!(
                         t.kind(),
-                        ureq::ErrorKind::InvalidUrl
-                            | ureq::ErrorKind::UnknownScheme
-                            | ureq::ErrorKind::InvalidProxyUrl
+                        ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::InvalidProxyUrl
                     ) {
                         anyhow::bail!("cannot request {url}: {t}");
                     }
@@ -301,10 +279,7 @@ impl Hub {
     /// The error for a 4xx answer: 401/403/404 are "model missing" (exit 4) with a hint.
     fn status_error(&self, code: u16, resp: ureq::Response, target: &Target<'_>) -> anyhow::Error {
         let error_code = resp.header("X-Error-Code").unwrap_or("").to_string();
-        let server_msg = resp
-            .header("X-Error-Message")
-            .map(str::to_string)
-            .unwrap_or_default();
+        let server_msg = resp.header("X-Error-Message").map(str::to_string).unwrap_or_default();
         let repo = match target {
             Target::Repo { repo, .. } | Target::File { repo, .. } => *repo,
         };
@@ -393,8 +368,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.blob_name().as_deref(), Some("abc"));
         assert_eq!(s.len(), Some(7));
-        let s: Sibling =
-            serde_json::from_str(r#"{"rfilename":"c.json","size":5,"blobId":"b1"}"#).unwrap();
+        let s: Sibling = serde_json::from_str(r#"{"rfilename":"c.json","size":5,"blobId":"b1"}"#).unwrap();
         assert_eq!(s.blob_name().as_deref(), Some("b1"));
     }
 }

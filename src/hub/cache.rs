@@ -200,10 +200,7 @@ fn bad_weight_sizes(dir: &Path) -> Vec<String> {
             };
             if let Some(want) = safetensors_expected_len(&p) {
                 if want != meta.len() {
-                    bad.push(format!(
-                        "{comp}/{f} ({} bytes, header says {want})",
-                        meta.len()
-                    ));
+                    bad.push(format!("{comp}/{f} ({} bytes, header says {want})", meta.len()));
                 }
             }
         }
@@ -232,10 +229,7 @@ mod tests {
     #[test]
     fn absent_and_incomplete_snapshots() {
         let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(
-            snapshot_state(tmp.path(), "a/b", "main"),
-            SnapshotState::Absent
-        );
+        assert_eq!(snapshot_state(tmp.path(), "a/b", "main"), SnapshotState::Absent);
         let folder = super::super::repo_folder(tmp.path(), "a/b");
         let commit = "0123456789abcdef0123456789abcdef01234567";
         let snap = folder.join("snapshots").join(commit);

@@ -4,7 +4,7 @@
 //! relative links to the blobs (made after the blob is in place), and `refs/<revision>` holding the
 //! commit (written last). A blob being downloaded is locked in `<cache>/.locks/` as Python does.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -16,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::api::{Hub, Sibling};
+use super::transfer;
 use super::{human_bytes, repo_folder};
 use crate::error::UserError;
 use crate::pipeline::layout;
@@ -134,41 +135,32 @@ pub fn declared_components(model_index: &serde_json::Value) -> Vec<String> {
 /// The repo files the pipeline needs: `model_index.json` and, in each folder that both the index
 /// declares and [`layout::COMPONENTS`] names, everything but foreign weight formats and
 /// `*.variant.safetensors` (when plain safetensors exist beside them).
-pub fn select_files<'a>(
-    siblings: &'a [Sibling],
-    model_index: &serde_json::Value,
-) -> Vec<&'a Sibling> {
+pub fn select_files<'a>(siblings: &'a [Sibling], model_index: &serde_json::Value) -> Vec<&'a Sibling> {
     let declared = declared_components(model_index);
     let wanted: Vec<&str> = layout::COMPONENTS
         .iter()
         .copied()
         .filter(|c| declared.iter().any(|d| d == c))
         .collect();
-    let mut out: Vec<&Sibling> = siblings
-        .iter()
-        .filter(|s| s.rfilename == "model_index.json")
-        .collect();
+    let mut out: Vec<&Sibling> = siblings.iter().filter(|s| s.rfilename == "model_index.json").collect();
     for comp in wanted {
         let prefix = format!("{comp}/");
-        let in_comp: Vec<&Sibling> = siblings
-            .iter()
-            .filter(|s| s.rfilename.starts_with(&prefix))
-            .collect();
+        let in_comp: Vec<&Sibling> = siblings.iter().filter(|s| s.rfilename.starts_with(&prefix)).collect();
         let has_plain = in_comp.iter().any(|s| {
             let name = file_name(&s.rfilename);
-            (name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json"))
-                && !is_variant_weight(name)
+            (name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")) && !is_variant_weight(name)
         });
         out.extend(in_comp.into_iter().filter(|s| {
             let name = file_name(&s.rfilename);
-            !FOREIGN_WEIGHTS.iter().any(|ext| name.ends_with(ext))
-                && !(has_plain && is_variant_weight(name))
+            let foreign = FOREIGN_WEIGHTS.iter().any(|ext| name.ends_with(ext));
+            let variant = has_plain && is_variant_weight(name);
+            !foreign && !variant
         }));
     }
     out
 }
 
-fn file_name(path: &str) -> &str {
+pub(super) fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
@@ -219,16 +211,16 @@ pub fn free_space(path: &Path) -> Option<u64> {
 }
 
 /// Shared state of one fetch.
-struct Ctx<'a> {
-    hub: Hub,
-    repo: &'a str,
-    commit: String,
-    folder: PathBuf,
-    locks: PathBuf,
-    printer: &'a Printer,
-    multi: MultiProgress,
-    total: ProgressBar,
-    abort: AtomicBool,
+pub(super) struct Ctx<'a> {
+    pub(super) hub: Hub,
+    pub(super) repo: &'a str,
+    pub(super) commit: String,
+    pub(super) folder: PathBuf,
+    pub(super) locks: PathBuf,
+    pub(super) printer: &'a Printer,
+    pub(super) multi: MultiProgress,
+    pub(super) total: ProgressBar,
+    pub(super) abort: AtomicBool,
 }
 
 /// Downloads `opts.repo` at `opts.revision` into `opts.cache` (see the module docs).
@@ -261,15 +253,10 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
     };
     let index_bytes = match &fetched_index {
         Some(b) => b.clone(),
-        None => std::fs::read(&index_blob)
-            .with_context(|| format!("cannot read {}", index_blob.display()))?,
+        None => std::fs::read(&index_blob).with_context(|| format!("cannot read {}", index_blob.display()))?,
     };
-    let index_json: serde_json::Value = serde_json::from_slice(&index_bytes).map_err(|e| {
-        UserError::model_missing(format!(
-            "{}'s model_index.json is not valid JSON: {e}",
-            opts.repo
-        ))
-    })?;
+    let index_json: serde_json::Value = serde_json::from_slice(&index_bytes)
+        .map_err(|e| UserError::model_missing(format!("{}'s model_index.json is not valid JSON: {e}", opts.repo)))?;
 
     let mut files = Vec::new();
     for s in select_files(&info.siblings, &index_json) {
@@ -322,8 +309,7 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
         return Ok(summary);
     }
 
-    std::fs::create_dir_all(&blobs)
-        .with_context(|| format!("cannot create {}", blobs.display()))?;
+    std::fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
     let locks = opts
         .cache
         .join(".locks")
@@ -346,11 +332,7 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
         abort: AtomicBool::new(false),
     };
     if to_download > 0 {
-        let n = summary
-            .files
-            .iter()
-            .filter(|f| f.status != FileStatus::Reused)
-            .count();
+        let n = summary.files.iter().filter(|f| f.status != FileStatus::Reused).count();
         printer.status(format!(
             "downloading {n} files ({}) of {}@{} into {}",
             human_bytes(to_download),
@@ -360,10 +342,7 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
         ));
     }
     if let Some(bytes) = &fetched_index {
-        let i = summary
-            .files
-            .iter()
-            .position(|f| f.path == "model_index.json");
+        let i = summary.files.iter().position(|f| f.path == "model_index.json");
         if let Some(f) = i.map(|i| &mut summary.files[i]) {
             store_bytes(&ctx, f, bytes)?;
             f.status = FileStatus::Downloaded;
@@ -403,11 +382,11 @@ pub fn fetch(opts: &FetchOptions<'_>, printer: &Printer) -> anyhow::Result<Fetch
 }
 
 /// Whether `blob` exists with `size` bytes.
-fn blob_complete(blob: &Path, size: u64) -> bool {
+pub(super) fn blob_complete(blob: &Path, size: u64) -> bool {
     std::fs::metadata(blob).is_ok_and(|m| m.is_file() && m.len() == size)
 }
 
-fn incomplete_path(blob: &Path) -> PathBuf {
+pub(super) fn incomplete_path(blob: &Path) -> PathBuf {
     let mut name = blob.file_name().unwrap_or_default().to_os_string();
     name.push(".incomplete");
     blob.with_file_name(name)
@@ -417,11 +396,7 @@ fn incomplete_path(blob: &Path) -> PathBuf {
 fn fetch_small(hub: &Hub, repo: &str, commit: &str, f: &FileReport) -> anyhow::Result<Vec<u8>> {
     const LIMIT: u64 = 16 << 20;
     if f.size > LIMIT {
-        anyhow::bail!(
-            "{} is {} bytes: too large for a config file",
-            f.path,
-            f.size
-        );
+        anyhow::bail!("{} is {} bytes: too large for a config file", f.path, f.size);
     }
     let resp = hub.open_file(repo, commit, &f.path, 0)?;
     if resp.status() != 200 {
@@ -447,7 +422,7 @@ fn fetch_small(hub: &Hub, repo: &str, commit: &str, f: &FileReport) -> anyhow::R
 fn store_bytes(ctx: &Ctx<'_>, f: &FileReport, bytes: &[u8]) -> anyhow::Result<()> {
     let blob = ctx.folder.join("blobs").join(&f.blob);
     if let Some(want) = &f.sha256 {
-        let got = hex(&Sha256::digest(bytes));
+        let got = super::transfer::hex(&Sha256::digest(bytes));
         if &got != want {
             anyhow::bail!("sha256 mismatch for {}: expected {want}, got {got}", f.path);
         }
@@ -466,7 +441,7 @@ fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow:
         return Ok(0);
     }
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, anyhow::Result<Transfer>)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(usize, anyhow::Result<transfer::Transfer>)>> = Mutex::new(Vec::new());
     let shared: &[FileReport] = files;
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(todo.len()) {
@@ -476,7 +451,7 @@ fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow:
                     break;
                 }
                 let i = todo[k];
-                let r = download_blob(ctx, &shared[i]);
+                let r = transfer::download_blob(ctx, &shared[i]);
                 if r.is_err() {
                     ctx.abort.store(true, Ordering::SeqCst);
                 }
@@ -497,7 +472,7 @@ fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow:
                 received += t.received;
                 files[i].status = t.status;
             }
-            Err(e) if e.downcast_ref::<Cancelled>().is_none() => {
+            Err(e) if e.downcast_ref::<transfer::Cancelled>().is_none() => {
                 first_err.get_or_insert(e);
             }
             Err(_) => {}
@@ -506,286 +481,6 @@ fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow:
     match first_err {
         Some(e) => Err(e),
         None => Ok(received),
-    }
-}
-
-/// Another download failed, so this one stopped.
-#[derive(Debug)]
-struct Cancelled;
-impl std::fmt::Display for Cancelled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cancelled")
-    }
-}
-impl std::error::Error for Cancelled {}
-
-struct Transfer {
-    received: u64,
-    status: FileStatus,
-}
-
-/// Downloads one blob under its lock: resumes `<blob>.incomplete`, verifies, renames into place.
-fn download_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<Transfer> {
-    let blob = ctx.folder.join("blobs").join(&f.blob);
-    let _lock = lock_blob(ctx, f)?;
-    if blob_complete(&blob, f.size) {
-        // Another process finished it while we waited for the lock.
-        ctx.total.inc(f.size - f.partial_bytes);
-        return Ok(Transfer {
-            received: 0,
-            status: FileStatus::Reused,
-        });
-    }
-    let part = incomplete_path(&blob);
-    let bar = ctx.multi.insert_before(
-        &ctx.total,
-        ctx.printer.bytes_bar(f.size, &short_name(&f.path)),
-    );
-    let mut received = 0;
-    let mut from_scratch_tried = false;
-    let result = loop {
-        let (got, resumed_from, digest) = fetch_to_part(ctx, f, &part, &bar)?;
-        received += got;
-        let len = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        let bad = if len != f.size {
-            Some(format!(
-                "size mismatch for {}: expected {} bytes, got {len}",
-                f.path, f.size
-            ))
-        } else {
-            match (&f.sha256, digest) {
-                (Some(want), Some(got)) if *want != got => Some(format!(
-                    "sha256 mismatch for {}: expected {want}, got {got}",
-                    f.path
-                )),
-                _ => None,
-            }
-        };
-        match bad {
-            None => break Ok(resumed_from),
-            Some(msg) => {
-                let _ = std::fs::remove_file(&part);
-                if resumed_from > 0 && !from_scratch_tried {
-                    // The earlier partial file may be what is wrong: try once from the start.
-                    from_scratch_tried = true;
-                    ctx.total.inc_length(resumed_from);
-                    tracing::warn!("{msg}; downloading {} again from the start", f.path);
-                    continue;
-                }
-                break Err(anyhow::anyhow!(
-                    "{msg}; the download was discarded (nothing was stored at the final path)"
-                ));
-            }
-        }
-    };
-    bar.finish_and_clear();
-    let resumed_from = result?;
-    let file = std::fs::File::open(&part)?;
-    file.sync_all()
-        .with_context(|| format!("cannot flush {}", part.display()))?;
-    std::fs::rename(&part, &blob)
-        .with_context(|| format!("cannot move {} into place", part.display()))?;
-    let status = if resumed_from > 0 {
-        FileStatus::Resumed
-    } else {
-        FileStatus::Downloaded
-    };
-    if !ctx.printer.progress {
-        let how = if resumed_from > 0 {
-            "resumed"
-        } else {
-            "fetched"
-        };
-        ctx.printer
-            .status(format!("  {how} {} ({})", f.path, human_bytes(f.size)));
-    }
-    Ok(Transfer { received, status })
-}
-
-/// Holds `<cache>/.locks/models--org--name/<blob>.lock` (huggingface_hub's lock) while alive.
-fn lock_blob(ctx: &Ctx<'_>, f: &FileReport) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(&ctx.locks)
-        .with_context(|| format!("cannot create {}", ctx.locks.display()))?;
-    let path = ctx.locks.join(format!("{}.lock", f.blob));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    if fs2::FileExt::try_lock_exclusive(&file).is_err() {
-        ctx.printer.status(format!(
-            "waiting for another process downloading {}",
-            f.path
-        ));
-        fs2::FileExt::lock_exclusive(&file)
-            .with_context(|| format!("cannot lock {}", path.display()))?;
-    }
-    Ok(file)
-}
-
-/// Brings `part` to the file's full length, resuming from what it holds. Returns the bytes
-/// received, the length it resumed from, and the sha256 of the whole file when one is expected.
-fn fetch_to_part(
-    ctx: &Ctx<'_>,
-    f: &FileReport,
-    part: &Path,
-    bar: &ProgressBar,
-) -> anyhow::Result<(u64, u64, Option<String>)> {
-    let mut hasher = f.sha256.as_ref().map(|_| Sha256::new());
-    let mut have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    if have > f.size {
-        std::fs::remove_file(part)?;
-        have = 0;
-    }
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(part)
-        .with_context(|| format!("cannot open {}", part.display()))?;
-    if let (Some(h), true) = (hasher.as_mut(), have > 0) {
-        // Hash what an earlier run left, so the whole file is checked at the end.
-        let mut r = std::fs::File::open(part)?.take(have);
-        std::io::copy(&mut r, &mut HashWriter(h))
-            .with_context(|| format!("cannot read {}", part.display()))?;
-    }
-    let resumed_from = have;
-    bar.set_position(have);
-    let mut received = 0u64;
-    let mut failures = 0u32;
-    let mut cuts = 0u32;
-    let mut buf = vec![0u8; 1 << 20];
-    while have < f.size {
-        if ctx.abort.load(Ordering::SeqCst) {
-            return Err(Cancelled.into());
-        }
-        let resp = ctx.hub.open_file(ctx.repo, &ctx.commit, &f.path, have)?;
-        match resp.status() {
-            206 if content_range_start(&resp) == Some(have) => {}
-            206 => anyhow::bail!(
-                "the hub answered a range request for {} with another range",
-                f.path
-            ),
-            200 => {
-                if have > 0 {
-                    // The server ignored the range and sends the whole file: start over.
-                    out.set_len(0)?;
-                    hasher = f.sha256.as_ref().map(|_| Sha256::new());
-                    ctx.total.inc_length(have);
-                    have = 0;
-                    bar.set_position(0);
-                }
-            }
-            416 => {
-                // The server has fewer bytes than we hold: start over (a few times at most).
-                out.set_len(0)?;
-                hasher = f.sha256.as_ref().map(|_| Sha256::new());
-                ctx.total.inc_length(have);
-                have = 0;
-                bar.set_position(0);
-                cuts += 1;
-                if cuts > 3 {
-                    anyhow::bail!("the hub refused every range request for {}", f.path);
-                }
-                continue;
-            }
-            code => anyhow::bail!("the hub answered {code} for {}", f.path),
-        }
-        let mut reader = resp.into_reader();
-        let mut got_now = 0u64;
-        let err = loop {
-            if ctx.abort.load(Ordering::SeqCst) {
-                return Err(Cancelled.into());
-            }
-            match reader.read(&mut buf) {
-                Ok(0) => break None,
-                Ok(n) => {
-                    if have + n as u64 > f.size {
-                        anyhow::bail!(
-                            "the hub sent more than the {} bytes listed for {}",
-                            f.size,
-                            f.path
-                        );
-                    }
-                    out.write_all(&buf[..n])
-                        .with_context(|| format!("cannot write {}", part.display()))?;
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(&buf[..n]);
-                    }
-                    have += n as u64;
-                    got_now += n as u64;
-                    bar.inc(n as u64);
-                    ctx.total.inc(n as u64);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(e),
-            }
-        };
-        out.flush()?;
-        received += got_now;
-        if have >= f.size {
-            break;
-        }
-        // The connection ended early. Progress resets the failure count: resume at once.
-        let why = err.map_or_else(|| "connection closed early".to_string(), |e| e.to_string());
-        cuts += 1;
-        if got_now > 0 {
-            failures = 0;
-        } else {
-            failures += 1;
-        }
-        if failures >= ctx.hub.attempts() || cuts > 1000 {
-            anyhow::bail!(
-                "downloading {} failed after {have} of {} bytes: {why} (the partial file is kept; run again to resume)",
-                f.path,
-                f.size
-            );
-        }
-        tracing::debug!("{} interrupted at {have} bytes ({why}); resuming", f.path);
-        if failures > 0 {
-            std::thread::sleep(ctx.hub.backoff(failures));
-        }
-    }
-    Ok((received, resumed_from, hasher.map(|h| hex(&h.finalize()))))
-}
-
-/// The first byte of a 206 answer's `Content-Range: bytes N-M/T`.
-fn content_range_start(resp: &ureq::Response) -> Option<u64> {
-    let v = resp.header("Content-Range")?.trim();
-    let rest = v.strip_prefix("bytes")?.trim_start();
-    rest.split('-').next()?.trim().parse().ok()
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A progress-bar label: the file name, shortened.
-fn short_name(path: &str) -> String {
-    let name = file_name(path);
-    if name.chars().count() <= 28 {
-        name.to_string()
-    } else {
-        let tail: String = name
-            .chars()
-            .rev()
-            .take(27)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        format!("…{tail}")
     }
 }
 
@@ -823,13 +518,11 @@ fn link_snapshot(folder: &Path, commit: &str, rel: &str, blob: &str) -> anyhow::
     let parent = dst
         .parent()
         .ok_or_else(|| anyhow::anyhow!("{} has no parent folder", dst.display()))?;
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let tmp = parent.join(format!(".{}.{}.tmp", file_name(rel), std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     #[cfg(unix)]
-    std::os::unix::fs::symlink(&target, &tmp)
-        .with_context(|| format!("cannot create the link {}", tmp.display()))?;
+    std::os::unix::fs::symlink(&target, &tmp).with_context(|| format!("cannot create the link {}", tmp.display()))?;
     #[cfg(not(unix))]
     std::fs::copy(&blob_path, &tmp)
         .with_context(|| format!("cannot copy {} to {}", blob_path.display(), tmp.display()))?;
@@ -838,8 +531,7 @@ fn link_snapshot(folder: &Path, commit: &str, rel: &str, blob: &str) -> anyhow::
 
 /// Writes `refs/<revision>` = `commit` (atomically; no newline, as huggingface_hub writes it).
 fn write_ref(folder: &Path, revision: &str, commit: &str) -> anyhow::Result<()> {
-    check_rel_path(revision)
-        .map_err(|_| UserError::bad_input(format!("`{revision}` cannot be a revision name")))?;
+    check_rel_path(revision).map_err(|_| UserError::bad_input(format!("`{revision}` cannot be a revision name")))?;
     let path = folder.join("refs").join(revision);
     if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == commit) {
         return Ok(());
@@ -847,13 +539,8 @@ fn write_ref(folder: &Path, revision: &str, commit: &str) -> anyhow::Result<()> 
     let parent = path
         .parent()
         .ok_or_else(|| anyhow::anyhow!("{} has no parent folder", path.display()))?;
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    let tmp = parent.join(format!(
-        ".{}.{}.tmp",
-        file_name(revision),
-        std::process::id()
-    ));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let tmp = parent.join(format!(".{}.{}.tmp", file_name(revision), std::process::id()));
     std::fs::write(&tmp, commit).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -863,8 +550,7 @@ mod tests {
     use super::*;
 
     fn sib(name: &str) -> Sibling {
-        serde_json::from_value(serde_json::json!({"rfilename": name, "size": 1, "blobId": "ab"}))
-            .unwrap()
+        serde_json::from_value(serde_json::json!({"rfilename": name, "size": 1, "blobId": "ab"})).unwrap()
     }
 
     #[test]
@@ -912,14 +598,8 @@ mod tests {
 
     #[test]
     fn link_targets_are_relative() {
-        assert_eq!(
-            link_target("model_index.json", "b"),
-            PathBuf::from("../../blobs/b")
-        );
-        assert_eq!(
-            link_target("vae/config.json", "b"),
-            PathBuf::from("../../../blobs/b")
-        );
+        assert_eq!(link_target("model_index.json", "b"), PathBuf::from("../../blobs/b"));
+        assert_eq!(link_target("vae/config.json", "b"), PathBuf::from("../../../blobs/b"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cache;
 pub mod download;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 
@@ -144,10 +145,9 @@ pub fn fetch_command(repo: &str, revision: &str) -> String {
 pub fn offline_summary(repo: &str, revision: &str, cache: &Path) -> FetchSummary {
     let (snapshot, missing) = match snapshot_state(cache, repo, revision) {
         SnapshotState::Absent => (None, vec!["model_index.json".to_string()]),
-        SnapshotState::Incomplete { dir, missing } => (
-            Some(dir),
-            missing.iter().map(|p| p.display().to_string()).collect(),
-        ),
+        SnapshotState::Incomplete { dir, missing } => {
+            (Some(dir), missing.iter().map(|p| p.display().to_string()).collect())
+        }
         SnapshotState::Complete { dir } => (Some(dir), Vec::new()),
     };
     let commit = snapshot
@@ -193,10 +193,7 @@ pub fn ensure_model(
     let state = snapshot_state(cache, &repo, revision);
     let what = match &state {
         SnapshotState::Complete { dir } => return Ok(dir.clone()),
-        SnapshotState::Absent => format!(
-            "{repo} ({revision}) is not in the hub cache {}",
-            cache.display()
-        ),
+        SnapshotState::Absent => format!("{repo} ({revision}) is not in the hub cache {}", cache.display()),
         SnapshotState::Incomplete { dir, missing } => format!(
             "{repo} ({revision}) is incomplete in the hub cache ({} lacks {} file{})",
             dir.display(),
@@ -205,14 +202,12 @@ pub fn ensure_model(
         ),
     };
     if offline || offline_from_env() {
-        return Err(
-            UserError::model_missing(format!("{what}, and offline mode is on"))
-                .with_hint(format!(
-                    "run `{}` with network access (without --offline / HF_HUB_OFFLINE)",
-                    fetch_command(&repo, revision)
-                ))
-                .into(),
-        );
+        return Err(UserError::model_missing(format!("{what}, and offline mode is on"))
+            .with_hint(format!(
+                "run `{}` with network access (without --offline / HF_HUB_OFFLINE)",
+                fetch_command(&repo, revision)
+            ))
+            .into());
     }
     printer.status(format!("{what}: downloading it"));
     let token = token.map(str::to_string).or_else(api::token_from_env);
@@ -287,8 +282,7 @@ mod tests {
     #[test]
     fn offline_ensure_names_the_fetch_command() {
         let tmp = tempfile::tempdir().unwrap();
-        let err =
-            ensure_model("2509", "main", tmp.path(), true, None, &Printer::silent()).unwrap_err();
+        let err = ensure_model("2509", "main", tmp.path(), true, None, &Printer::silent()).unwrap_err();
         let user = crate::error::user_error(&err).unwrap();
         assert_eq!(user.kind.exit_code(), 4);
         assert!(user
