@@ -305,7 +305,7 @@ fn transformer_keys(cfg: &Value) -> BTreeMap<String, Vec<usize>> {
     let (cin, cout, p) = (cfg_usize(cfg, "in_channels"), cfg_usize(cfg, "out_channels"), cfg_usize(cfg, "patch_size"));
     let joint = cfg_usize(cfg, "joint_attention_dim");
     let mut k = BTreeMap::new();
-    let mut lin = |k: &mut BTreeMap<String, Vec<usize>>, name: &str, o: usize, i: usize| {
+    let lin = |k: &mut BTreeMap<String, Vec<usize>>, name: &str, o: usize, i: usize| {
         k.insert(format!("{name}.weight"), vec![o, i]);
         k.insert(format!("{name}.bias"), vec![o]);
     };
