@@ -41,17 +41,21 @@ fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
-/// max |got - want| / max |want|.
+/// max |got - want| / max |want| <= `REL_TOL`.
 fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
+    assert_close_tol(what, got, want, REL_TOL)
+}
+
+fn assert_close_tol(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let got = got.to_dtype(DType::F32).unwrap();
+    let got = got.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
     let diff = max_abs(&(&got - want).unwrap());
     let scale = max_abs(want);
     let rel = diff / scale.max(f32::MIN_POSITIVE);
     eprintln!("{what}: max abs diff {diff:.3e}, max abs ref {scale:.3e}, rel {rel:.3e}");
     assert!(
-        rel <= REL_TOL,
-        "{what}: relative error {rel:.3e} > {REL_TOL:e} (max abs diff {diff:.3e})"
+        rel <= tol,
+        "{what}: relative error {rel:.3e} > {tol:e} (max abs diff {diff:.3e})"
     );
 }
 
@@ -278,4 +282,37 @@ fn pixels_round_trip_u8_and_u16() {
     assert_eq!(vae::postprocess_u8(&big).unwrap(), vec![255, 0, 128]);
     assert!(vae::postprocess_u8(&x.narrow(1, 0, 2).unwrap()).is_err());
     assert!(vae::preprocess_buffer(&rgb[1..], h, w, &Device::Cpu).is_err());
+}
+
+/// The production path: bf16 on CUDA against the f32 goldens (run with `--features cuda` on a GPU).
+#[cfg(feature = "cuda")]
+#[test]
+fn model_b_bf16_cuda() {
+    const BF16_TOL: f32 = 3e-2;
+    let dev = Device::new_cuda(0).unwrap();
+    let mut vae = AutoencoderKLQwenImage::load(&model_dir("b"), DType::BF16, &dev).unwrap();
+    let g = golden("vae_b_96x80");
+    let z = vae.encode(&get(&g, "image").to_device(&dev).unwrap()).unwrap();
+    assert_eq!(z.dtype(), DType::BF16);
+    assert_close_tol("b 96x80 bf16 cuda encode", &z, get(&g, "latent_mean"), BF16_TOL);
+    let x = vae.decode(&get(&g, "decode_input").to_device(&dev).unwrap()).unwrap();
+    assert_close_tol("b 96x80 bf16 cuda decode", &x, get(&g, "decoded"), BF16_TOL);
+    assert_eq!(vae::postprocess_u8(&x).unwrap().len(), 96 * 80 * 3);
+
+    let g = golden("vae_b_tiled_320x384");
+    vae.set_tiling(TilingMode::Auto);
+    let z = vae.encode(&get(&g, "image").to_device(&dev).unwrap()).unwrap();
+    assert_close_tol("b 320x384 bf16 cuda encode tiled", &z, get(&g, "latent_mean"), BF16_TOL);
+    let x = vae.decode(&get(&g, "decode_input").to_device(&dev).unwrap()).unwrap();
+    assert_close_tol("b 320x384 bf16 cuda decode tiled", &x, get(&g, "decoded"), BF16_TOL);
+
+    // De-normalisation in bf16 runs on the device too.
+    let n = vae.normalize_latents(&z).unwrap();
+    let back = vae.denormalize_latents(&n).unwrap();
+    assert_close_tol(
+        "bf16 latent normalisation round trip",
+        &back,
+        &z.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap(),
+        2e-2,
+    );
 }

@@ -263,13 +263,16 @@ impl Module for MidBlock {
 mod tests {
     use super::*;
     use candle_core::Device;
-    use candle_nn::VarMap;
 
     #[test]
     fn rms_norm_is_l2_normalisation_times_sqrt_c() {
         let dev = Device::Cpu;
-        let vm = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let gamma = Tensor::ones((4, 1, 1, 1), DType::F32, &dev).unwrap();
+        let vb = VarBuilder::from_tensors(
+            std::collections::HashMap::from([("n.gamma".to_string(), gamma)]),
+            DType::F32,
+            &dev,
+        );
         let norm = RmsNorm::new(4, false, vb.pp("n")).unwrap();
         let x = Tensor::new(&[1f32, 2., 2., 4.], &dev)
             .unwrap()

@@ -3,6 +3,11 @@
 //! Keys (prefix `encoder.`): `conv_in`, a flat `down_blocks.{i}` list (per stage: `num_res_blocks`
 //! residual blocks, each followed by an attention block when the stage's scale is in `attn_scales`, then
 //! a `Resample` between stages), `mid_block`, `norm_out.gamma`, `conv_out` (to `2 * z_dim` channels).
+//!
+//! With a non-empty `attn_scales` upstream builds attention blocks into `down_blocks` but its `_encode`
+//! cannot run them (it passes the feature cache to `QwenImageAttentionBlock.forward`, a `TypeError` in
+//! diffusers 0.42.1); here they are applied where they sit, as their position in the list says. No
+//! shipped checkpoint uses them.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;

@@ -225,3 +225,54 @@ pub fn preprocess(img: &image::RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = img.dimensions();
     preprocess_buffer(img.as_raw(), h as usize, w as usize, device)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn key_layout_with_encoder_attention() {
+        // Upstream state dict of this config: 123 tensors, 4 of them `time_conv`s.
+        let cfg = VaeConfig {
+            base_dim: 4,
+            z_dim: 2,
+            dim_mult: vec![1, 2, 2],
+            num_res_blocks: 1,
+            attn_scales: vec![0.5],
+            temperal_downsample: vec![false, true],
+            latents_mean: vec![0.0; 2],
+            latents_std: vec![1.0; 2],
+            ..VaeConfig::default()
+        };
+        let vm = VarMap::new();
+        let vae = AutoencoderKLQwenImage::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+        let data = vm.data().lock().unwrap();
+        let mut keys: Vec<&str> = data.keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys.len(), 119, "{keys:?}");
+        let want = [
+            "encoder.down_blocks.1.resample.1.weight",
+            "encoder.down_blocks.3.to_qkv.weight",
+            "encoder.down_blocks.4.resample.1.weight",
+            "encoder.mid_block.attentions.0.to_qkv.weight",
+            "decoder.mid_block.attentions.0.to_qkv.weight",
+            "decoder.up_blocks.0.upsamplers.0.resample.1.weight",
+            "decoder.up_blocks.1.upsamplers.0.resample.1.weight",
+        ];
+        let got: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| k.ends_with("to_qkv.weight") || k.ends_with("resample.1.weight"))
+            .collect();
+        let mut want = want.to_vec();
+        want.sort();
+        assert_eq!(got, want);
+        drop(data);
+        let z = vae
+            .encode(&Tensor::zeros((1, 3, 16, 12), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(z.dims(), &[1, 2, 4, 3]);
+        assert_eq!(vae.decode(&z).unwrap().dims(), &[1, 3, 16, 12]);
+    }
+}
