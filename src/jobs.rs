@@ -77,19 +77,30 @@ impl JobInput {
 
     /// Checks the job before any image is read or the GPU is touched.
     pub fn validate(self) -> anyhow::Result<Job> {
-        let prompt = self.prompt.filter(|p| !p.trim().is_empty()).ok_or_else(|| bad("the job has no `prompt`"))?;
+        let prompt = self
+            .prompt
+            .filter(|p| !p.trim().is_empty())
+            .ok_or_else(|| bad("the job has no `prompt`"))?;
         let mut images: Vec<String> = Vec::new();
-        for single in [self.image, self.image_url, self.image_base64, self.image_path].into_iter().flatten() {
+        for single in [self.image, self.image_url, self.image_base64, self.image_path]
+            .into_iter()
+            .flatten()
+        {
             images.push(single);
         }
         if let Some(list) = self.images {
             images.extend(list.iter().map(|r| r.source().to_string()));
         }
         if images.is_empty() {
-            return Err(bad("the job has no image (`image`, `image_url`, `image_base64`, `image_path` or `images`)"));
+            return Err(bad(
+                "the job has no image (`image`, `image_url`, `image_base64`, `image_path` or `images`)",
+            ));
         }
         if images.len() > 3 {
-            return Err(bad(format!("the job has {} images; at most 3 are accepted", images.len())));
+            return Err(bad(format!(
+                "the job has {} images; at most 3 are accepted",
+                images.len()
+            )));
         }
         let seed = match self.seed {
             None | Some(-1) => None,
@@ -134,10 +145,11 @@ mod tests {
 
     #[test]
     fn accepts_the_common_conventions() {
-        let j = JobInput::parse(r#"{"prompt":"x","image_url":"http://a/b.png","steps":8,"guidance_scale":1.0,"seed":-1}"#)
-            .unwrap()
-            .validate()
-            .unwrap();
+        let j =
+            JobInput::parse(r#"{"prompt":"x","image_url":"http://a/b.png","steps":8,"guidance_scale":1.0,"seed":-1}"#)
+                .unwrap()
+                .validate()
+                .unwrap();
         assert_eq!(j.images, vec!["http://a/b.png"]);
         assert_eq!(j.steps, Some(8));
         assert_eq!(j.true_cfg_scale, Some(1.0));

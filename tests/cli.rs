@@ -5,7 +5,9 @@ use std::process::{Command, Output};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_qwen-edit"));
-    c.env_remove("QWEN_EDIT_MODEL").env("NO_COLOR", "1").env("HF_HUB_OFFLINE", "1");
+    c.env_remove("QWEN_EDIT_MODEL")
+        .env("NO_COLOR", "1")
+        .env("HF_HUB_OFFLINE", "1");
     c
 }
 
@@ -25,7 +27,9 @@ fn tiny_png(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn fixture_model(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
 }
 
 #[test]
@@ -34,7 +38,15 @@ fn help_reads_well() {
     let o = run(&["--help"], tmp.path());
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
-    for word in ["edit", "doctor", "fetch-models", "completions", "Exit codes:", "--quiet", "--color"] {
+    for word in [
+        "edit",
+        "doctor",
+        "fetch-models",
+        "completions",
+        "Exit codes:",
+        "--quiet",
+        "--color",
+    ] {
         assert!(out.contains(word), "--help lacks {word}");
     }
     let o = run(&["edit", "--help"], tmp.path());
@@ -63,8 +75,17 @@ fn usage_errors_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     assert_eq!(run(&["edit"], tmp.path()).status.code(), Some(2));
     assert_eq!(run(&["edit", "a.png"], tmp.path()).status.code(), Some(2), "no prompt");
-    assert_eq!(run(&["edit", "a", "b", "c", "d", "-p", "x"], tmp.path()).status.code(), Some(2), "4 images");
-    assert_eq!(run(&["edit", "a.png", "-p", "x", "--steps", "0"], tmp.path()).status.code(), Some(2));
+    assert_eq!(
+        run(&["edit", "a", "b", "c", "d", "-p", "x"], tmp.path()).status.code(),
+        Some(2),
+        "4 images"
+    );
+    assert_eq!(
+        run(&["edit", "a.png", "-p", "x", "--steps", "0"], tmp.path())
+            .status
+            .code(),
+        Some(2)
+    );
     assert_eq!(run(&["frobnicate"], tmp.path()).status.code(), Some(2));
 }
 
@@ -82,14 +103,33 @@ fn model_folder_without_model_exits_4_with_a_hint() {
     let img = tiny_png(tmp.path(), "ok.png");
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let args = ["edit", img.to_str().unwrap(), "-p", "x", "--model", empty.to_str().unwrap(), "--device", "cpu"];
+    let args = [
+        "edit",
+        img.to_str().unwrap(),
+        "-p",
+        "x",
+        "--model",
+        empty.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
     let o = run(&args, tmp.path());
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("model_index.json") && err.contains("hint:"), "{err}");
     // A repo id that is not in the (empty) cache, offline.
     let o = bin()
-        .args(["edit", img.to_str().unwrap(), "-p", "x", "--model", "2511", "--offline", "--device", "cpu"])
+        .args([
+            "edit",
+            img.to_str().unwrap(),
+            "-p",
+            "x",
+            "--model",
+            "2511",
+            "--offline",
+            "--device",
+            "cpu",
+        ])
         .env("HF_HUB_CACHE", tmp.path().join("cache"))
         .current_dir(tmp.path())
         .output()
@@ -106,7 +146,16 @@ fn cuda_without_cuda_build_exits_5() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tiny_png(tmp.path(), "ok.png");
     let model = fixture_model("tiny-edit");
-    let args = ["edit", img.to_str().unwrap(), "-p", "x", "--model", model.to_str().unwrap(), "--device", "cuda"];
+    let args = [
+        "edit",
+        img.to_str().unwrap(),
+        "-p",
+        "x",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ];
     let o = run(&args, tmp.path());
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
@@ -117,11 +166,35 @@ fn existing_output_is_refused_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tiny_png(tmp.path(), "ok.png");
     std::fs::write(tmp.path().join("out.png"), b"keep me").unwrap();
-    let o = run(&["edit", img.to_str().unwrap(), "-p", "x", "-o", "out.png", "--device", "cpu"], tmp.path());
+    let o = run(
+        &[
+            "edit",
+            img.to_str().unwrap(),
+            "-p",
+            "x",
+            "-o",
+            "out.png",
+            "--device",
+            "cpu",
+        ],
+        tmp.path(),
+    );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("--overwrite"));
     assert_eq!(std::fs::read(tmp.path().join("out.png")).unwrap(), b"keep me");
-    let o = run(&["edit", img.to_str().unwrap(), "-p", "x", "-o", "no/such/dir/out.png", "--device", "cpu"], tmp.path());
+    let o = run(
+        &[
+            "edit",
+            img.to_str().unwrap(),
+            "-p",
+            "x",
+            "-o",
+            "no/such/dir/out.png",
+            "--device",
+            "cpu",
+        ],
+        tmp.path(),
+    );
     assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("--mkdir"));
 }

@@ -18,7 +18,10 @@ fn completions_and_man_pages_are_fresh() {
             _ => stale.push(rel.clone()),
         }
     }
-    assert!(stale.is_empty(), "stale generated files {stale:?}: run `UPDATE_DOCS=1 cargo test --test cli_docs`");
+    assert!(
+        stale.is_empty(),
+        "stale generated files {stale:?}: run `UPDATE_DOCS=1 cargo test --test cli_docs`"
+    );
 }
 
 #[test]

@@ -68,9 +68,13 @@ impl St {
 
     fn shape(&self, name: &str) -> Vec<usize> {
         let st = self.st();
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("{}: tensor {name:?} missing (have {:?})", self.path.display(), self.names()));
+        let t = st.tensor(name).unwrap_or_else(|_| {
+            panic!(
+                "{}: tensor {name:?} missing (have {:?})",
+                self.path.display(),
+                self.names()
+            )
+        });
         t.shape().to_vec()
     }
 
@@ -82,9 +86,18 @@ impl St {
     fn expect(&self, name: &str, dtype: Dtype, dims: &[isize]) -> Vec<usize> {
         let shape = self.shape(name);
         let dt = self.dtype(name);
-        assert_eq!(dt, dtype, "{}: {name}: dtype {dt:?}, expected {dtype:?}", self.path.display());
+        assert_eq!(
+            dt,
+            dtype,
+            "{}: {name}: dtype {dt:?}, expected {dtype:?}",
+            self.path.display()
+        );
         let ok = shape.len() == dims.len() && shape.iter().zip(dims).all(|(&s, &d)| d == ANY || s as isize == d);
-        assert!(ok, "{}: {name}: shape {shape:?}, expected {dims:?}", self.path.display());
+        assert!(
+            ok,
+            "{}: {name}: shape {shape:?}, expected {dims:?}",
+            self.path.display()
+        );
         shape
     }
 
@@ -92,7 +105,10 @@ impl St {
         let st = self.st();
         let t = st.tensor(name).unwrap();
         assert_eq!(t.dtype(), Dtype::F32, "{}: {name} is not F32", self.path.display());
-        t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     }
 
     fn i64s(&self, name: &str) -> Vec<i64> {
@@ -109,7 +125,11 @@ impl St {
     fn check_all(&self, allowed: &[Dtype]) {
         for name in self.names() {
             let dt = self.dtype(&name);
-            assert!(allowed.contains(&dt), "{}: {name}: dtype {dt:?} not in {allowed:?}", self.path.display());
+            assert!(
+                allowed.contains(&dt),
+                "{}: {name}: dtype {dt:?} not in {allowed:?}",
+                self.path.display()
+            );
             if dt == Dtype::F32 {
                 let bad = self.f32s(&name).iter().filter(|v| !v.is_finite()).count();
                 assert_eq!(bad, 0, "{}: {name}: {bad} non-finite values", self.path.display());
@@ -132,7 +152,11 @@ impl St {
 /// (width, height) from a PNG's IHDR chunk.
 fn png_size(path: &Path) -> (u32, u32) {
     let b = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(b.len() > 24 && &b[..8] == b"\x89PNG\r\n\x1a\n" && &b[12..16] == b"IHDR", "{}: not a PNG", path.display());
+    assert!(
+        b.len() > 24 && &b[..8] == b"\x89PNG\r\n\x1a\n" && &b[12..16] == b"IHDR",
+        "{}: not a PNG",
+        path.display()
+    );
     let w = u32::from_be_bytes([b[16], b[17], b[18], b[19]]);
     let h = u32::from_be_bytes([b[20], b[21], b[22], b[23]]);
     (w, h)
@@ -143,7 +167,9 @@ fn prod(s: &[usize]) -> usize {
 }
 
 fn cfg_usize(v: &Value, key: &str) -> usize {
-    v[key].as_u64().unwrap_or_else(|| panic!("config key {key:?} missing / not an integer in {v}")) as usize
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("config key {key:?} missing / not an integer in {v}")) as usize
 }
 
 fn cfg_usizes(v: &Value, key: &str) -> Vec<usize> {
@@ -156,7 +182,12 @@ fn cfg_usizes(v: &Value, key: &str) -> Vec<usize> {
 }
 
 fn cfg_bools(v: &Value, key: &str) -> Vec<bool> {
-    v[key].as_array().unwrap().iter().map(|x| x.as_bool().unwrap()).collect()
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_bool().unwrap())
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -204,12 +235,24 @@ fn processor_tokenizer_symlinks() {
         let link = root().join("models").join(m).join("processor").join("tokenizer.json");
         let meta = fs::symlink_metadata(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
         assert!(meta.file_type().is_symlink(), "{} must be a symlink", link.display());
-        assert_eq!(fs::read_link(&link).unwrap(), Path::new("../../../tokenizer/tokenizer.json"));
-        assert_eq!(fs::metadata(&link).unwrap().len(), len, "{} does not resolve", link.display());
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            Path::new("../../../tokenizer/tokenizer.json")
+        );
+        assert_eq!(
+            fs::metadata(&link).unwrap().len(),
+            len,
+            "{} does not resolve",
+            link.display()
+        );
         assert!(link.parent().unwrap().join("tokenizer_config.json").is_file());
     }
-    assert!(root().join("models/tiny-edit/processor/preprocessor_config.json").is_file());
-    assert!(root().join("models/tiny-plus/processor/processor_config.json").is_file());
+    assert!(root()
+        .join("models/tiny-edit/processor/preprocessor_config.json")
+        .is_file());
+    assert!(root()
+        .join("models/tiny-plus/processor/processor_config.json")
+        .is_file());
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -222,7 +265,10 @@ fn model_dir(m: &str) -> PathBuf {
 
 #[test]
 fn model_index_and_configs() {
-    for (m, class) in [("tiny-edit", "QwenImageEditPipeline"), ("tiny-plus", "QwenImageEditPlusPipeline")] {
+    for (m, class) in [
+        ("tiny-edit", "QwenImageEditPipeline"),
+        ("tiny-plus", "QwenImageEditPlusPipeline"),
+    ] {
         let d = model_dir(m);
         let idx = read_json(&d.join("model_index.json"));
         assert_eq!(idx["_class_name"], class);
@@ -245,14 +291,22 @@ fn model_index_and_configs() {
     // transformers
     let ta = read_json(&model_dir("tiny-edit").join("transformer/config.json"));
     assert_eq!(
-        (cfg_usize(&ta, "in_channels"), cfg_usize(&ta, "out_channels"), cfg_usize(&ta, "num_attention_heads")),
+        (
+            cfg_usize(&ta, "in_channels"),
+            cfg_usize(&ta, "out_channels"),
+            cfg_usize(&ta, "num_attention_heads")
+        ),
         (16, 4, 3)
     );
     assert_eq!(cfg_usizes(&ta, "axes_dims_rope"), vec![8, 4, 4]);
     assert!(!ta["zero_cond_t"].as_bool().unwrap_or(false));
     let tb = read_json(&model_dir("tiny-plus").join("transformer/config.json"));
     assert_eq!(
-        (cfg_usize(&tb, "in_channels"), cfg_usize(&tb, "out_channels"), cfg_usize(&tb, "num_attention_heads")),
+        (
+            cfg_usize(&tb, "in_channels"),
+            cfg_usize(&tb, "out_channels"),
+            cfg_usize(&tb, "num_attention_heads")
+        ),
         (64, 16, 2)
     );
     assert_eq!(cfg_usizes(&tb, "axes_dims_rope"), vec![8, 12, 12]);
@@ -277,8 +331,14 @@ fn model_index_and_configs() {
     assert!(ea.get("text_config").is_none());
     let eb = read_json(&model_dir("tiny-plus").join("text_encoder/config.json"));
     assert_eq!(cfg_usize(&eb["text_config"], "hidden_size"), 16);
-    assert_eq!(cfg_usizes(&eb["text_config"]["rope_parameters"], "mrope_section"), vec![1, 1, 2]);
-    assert_eq!(eb["text_config"]["rope_parameters"]["rope_theta"].as_f64(), Some(1_000_000.0));
+    assert_eq!(
+        cfg_usizes(&eb["text_config"]["rope_parameters"], "mrope_section"),
+        vec![1, 1, 2]
+    );
+    assert_eq!(
+        eb["text_config"]["rope_parameters"]["rope_theta"].as_f64(),
+        Some(1_000_000.0)
+    );
     for e in [&ea, &eb] {
         assert_eq!(cfg_usize(e, "image_token_id"), 151655);
         assert_eq!(cfg_usize(e, "vision_start_token_id"), 151652);
@@ -302,7 +362,11 @@ fn transformer_keys(cfg: &Value) -> BTreeMap<String, Vec<usize>> {
     let heads = cfg_usize(cfg, "num_attention_heads");
     let hd = cfg_usize(cfg, "attention_head_dim");
     let d = heads * hd;
-    let (cin, cout, p) = (cfg_usize(cfg, "in_channels"), cfg_usize(cfg, "out_channels"), cfg_usize(cfg, "patch_size"));
+    let (cin, cout, p) = (
+        cfg_usize(cfg, "in_channels"),
+        cfg_usize(cfg, "out_channels"),
+        cfg_usize(cfg, "patch_size"),
+    );
     let joint = cfg_usize(cfg, "joint_attention_dim");
     let mut k = BTreeMap::new();
     let lin = |k: &mut BTreeMap<String, Vec<usize>>, name: &str, o: usize, i: usize| {
@@ -320,7 +384,16 @@ fn transformer_keys(cfg: &Value) -> BTreeMap<String, Vec<usize>> {
         let pre = format!("transformer_blocks.{b}");
         lin(&mut k, &format!("{pre}.img_mod.1"), 6 * d, d);
         lin(&mut k, &format!("{pre}.txt_mod.1"), 6 * d, d);
-        for m in ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"] {
+        for m in [
+            "to_q",
+            "to_k",
+            "to_v",
+            "add_q_proj",
+            "add_k_proj",
+            "add_v_proj",
+            "to_out.0",
+            "to_add_out",
+        ] {
             lin(&mut k, &format!("{pre}.attn.{m}"), d, d);
         }
         for n in ["norm_q", "norm_k", "norm_added_q", "norm_added_k"] {
@@ -379,7 +452,13 @@ fn vae_keys(cfg: &Value) -> BTreeMap<String, Vec<usize>> {
         if lvl != mult.len() - 1 {
             conv(&mut k, &format!("encoder.down_blocks.{idx}.resample.1"), o, o, &[3, 3]);
             if tdown[lvl] {
-                conv(&mut k, &format!("encoder.down_blocks.{idx}.time_conv"), o, o, &[3, 1, 1]);
+                conv(
+                    &mut k,
+                    &format!("encoder.down_blocks.{idx}.time_conv"),
+                    o,
+                    o,
+                    &[3, 1, 1],
+                );
             }
             idx += 1;
         }
@@ -406,9 +485,21 @@ fn vae_keys(cfg: &Value) -> BTreeMap<String, Vec<usize>> {
             i = o;
         }
         if b != mult.len() - 1 {
-            conv(&mut k, &format!("decoder.up_blocks.{b}.upsamplers.0.resample.1"), o / 2, o, &[3, 3]);
+            conv(
+                &mut k,
+                &format!("decoder.up_blocks.{b}.upsamplers.0.resample.1"),
+                o / 2,
+                o,
+                &[3, 3],
+            );
             if tup[b] {
-                conv(&mut k, &format!("decoder.up_blocks.{b}.upsamplers.0.time_conv"), 2 * o, o, &[3, 1, 1]);
+                conv(
+                    &mut k,
+                    &format!("decoder.up_blocks.{b}.upsamplers.0.time_conv"),
+                    2 * o,
+                    o,
+                    &[3, 1, 1],
+                );
             }
         }
     }
@@ -420,7 +511,11 @@ fn vae_keys(cfg: &Value) -> BTreeMap<String, Vec<usize>> {
 
 /// Every key + shape of the tiny Qwen2.5-VL text encoder in the transformers-5 naming (lm_head excluded).
 fn text_encoder_keys(cfg: &Value) -> BTreeMap<String, Vec<usize>> {
-    let tc = if cfg.get("text_config").is_some() { &cfg["text_config"] } else { cfg };
+    let tc = if cfg.get("text_config").is_some() {
+        &cfg["text_config"]
+    } else {
+        cfg
+    };
     let vc = &cfg["vision_config"];
     let h = cfg_usize(tc, "hidden_size");
     let heads = cfg_usize(tc, "num_attention_heads");
@@ -428,7 +523,10 @@ fn text_encoder_keys(cfg: &Value) -> BTreeMap<String, Vec<usize>> {
     let hd = h / heads;
     let inter = cfg_usize(tc, "intermediate_size");
     let mut k = BTreeMap::new();
-    k.insert("model.language_model.embed_tokens.weight".to_string(), vec![cfg_usize(tc, "vocab_size"), h]);
+    k.insert(
+        "model.language_model.embed_tokens.weight".to_string(),
+        vec![cfg_usize(tc, "vocab_size"), h],
+    );
     for l in 0..cfg_usize(tc, "num_hidden_layers") {
         let p = format!("model.language_model.layers.{l}");
         for (n, o) in [("q_proj", heads * hd), ("k_proj", kv * hd), ("v_proj", kv * hd)] {
@@ -537,13 +635,74 @@ fn model_weights() {
 #[test]
 fn transformer_goldens() {
     // case, model, zero_cond_t, img_shapes, S_txt, C_in, C_out, D (inner dim), masked
+    #[allow(clippy::type_complexity)]
     let cases: [(&str, &str, bool, &[[usize; 3]], usize, usize, usize, usize, bool); 6] = [
-        ("a_1ref", "tiny-edit", false, &[[1, 4, 6], [1, 6, 4]], 7, 16, 16, 48, false),
-        ("a_1ref_mask", "tiny-edit", false, &[[1, 4, 6], [1, 6, 4]], 7, 16, 16, 48, true),
-        ("b_2ref_zc", "tiny-plus", true, &[[1, 4, 6], [1, 6, 4], [1, 3, 5]], 9, 64, 64, 64, false),
-        ("b_2ref_zc_mask", "tiny-plus", true, &[[1, 4, 6], [1, 6, 4], [1, 3, 5]], 9, 64, 64, 64, true),
-        ("b_2ref_nozc", "tiny-plus", false, &[[1, 4, 6], [1, 6, 4], [1, 3, 5]], 9, 64, 64, 64, false),
-        ("b_1ref_zc", "tiny-plus", true, &[[1, 4, 6], [1, 6, 4]], 9, 64, 64, 64, false),
+        (
+            "a_1ref",
+            "tiny-edit",
+            false,
+            &[[1, 4, 6], [1, 6, 4]],
+            7,
+            16,
+            16,
+            48,
+            false,
+        ),
+        (
+            "a_1ref_mask",
+            "tiny-edit",
+            false,
+            &[[1, 4, 6], [1, 6, 4]],
+            7,
+            16,
+            16,
+            48,
+            true,
+        ),
+        (
+            "b_2ref_zc",
+            "tiny-plus",
+            true,
+            &[[1, 4, 6], [1, 6, 4], [1, 3, 5]],
+            9,
+            64,
+            64,
+            64,
+            false,
+        ),
+        (
+            "b_2ref_zc_mask",
+            "tiny-plus",
+            true,
+            &[[1, 4, 6], [1, 6, 4], [1, 3, 5]],
+            9,
+            64,
+            64,
+            64,
+            true,
+        ),
+        (
+            "b_2ref_nozc",
+            "tiny-plus",
+            false,
+            &[[1, 4, 6], [1, 6, 4], [1, 3, 5]],
+            9,
+            64,
+            64,
+            64,
+            false,
+        ),
+        (
+            "b_1ref_zc",
+            "tiny-plus",
+            true,
+            &[[1, 4, 6], [1, 6, 4]],
+            9,
+            64,
+            64,
+            64,
+            false,
+        ),
     ];
     for (case, model, zc, shapes, s_txt, c_in, c_out, d, masked) in cases {
         let f = St::open(golden(&format!("transformer_{case}.safetensors")));
@@ -596,10 +755,19 @@ fn vae_goldens() {
         file.expect("decoded", Dtype::F32, &[1, 3, hi, wi]);
         let img = file.f32s("image");
         assert!(img.iter().all(|v| (-1.0..=1.0).contains(v)));
-        assert!(file.f32s("decoded").iter().all(|v| (-1.0..=1.0).contains(v)), "decoded is clamped");
+        assert!(
+            file.f32s("decoded").iter().all(|v| (-1.0..=1.0).contains(v)),
+            "decoded is clamped"
+        );
         let n_dbg = file.names().iter().filter(|n| n.starts_with("dbg.")).count();
         if dbg {
-            for n in ["dbg.enc.conv_in", "dbg.enc.mid_block", "dbg.quant_conv", "dbg.post_quant_conv", "dbg.dec.conv_out"] {
+            for n in [
+                "dbg.enc.conv_in",
+                "dbg.enc.mid_block",
+                "dbg.quant_conv",
+                "dbg.post_quant_conv",
+                "dbg.dec.conv_out",
+            ] {
                 assert!(file.has(n), "vae_{model}_{h}x{w}: {n} missing");
             }
             file.expect("dbg.quant_conv", Dtype::F32, &[1, 2 * zi, lh, lw]);
@@ -624,8 +792,18 @@ fn vae_goldens() {
 #[test]
 fn text_encoder_goldens() {
     for (name, model, n_images, pngs) in [
-        ("text_encoder_edit", "tiny-edit", 1usize, &["text_encoder_edit_img0"][..]),
-        ("text_encoder_plus", "tiny-plus", 2, &["text_encoder_plus_img0", "text_encoder_plus_img1"][..]),
+        (
+            "text_encoder_edit",
+            "tiny-edit",
+            1usize,
+            &["text_encoder_edit_img0"][..],
+        ),
+        (
+            "text_encoder_plus",
+            "tiny-plus",
+            2,
+            &["text_encoder_plus_img0", "text_encoder_plus_img1"][..],
+        ),
     ] {
         let f = St::open(golden(&format!("{name}.safetensors")));
         f.check_all(&[Dtype::F32, Dtype::I64]);
@@ -638,21 +816,35 @@ fn text_encoder_goldens() {
         f.expect("prompt_embeds", Dtype::F32, &[1, li - 64, 16]);
         f.expect("dbg.inputs_embeds", Dtype::F32, &[1, li, 16]);
         f.expect("dbg.pixel_values_head", Dtype::F32, &[16, 1176]);
-        assert!(!f.has("pixel_values"), "pixel_values are rebuilt from the *_vl.png images");
+        assert!(
+            !f.has("pixel_values"),
+            "pixel_values are rebuilt from the *_vl.png images"
+        );
 
         let ids = f.i64s("input_ids");
         assert!(f.i64s("attention_mask").iter().all(|&m| m == 1));
         let grid = f.i64s("image_grid_thw");
         let n_tokens: usize = grid.chunks(3).map(|g| (g[0] * g[1] * g[2] / 4) as usize).sum();
-        assert_eq!(ids.iter().filter(|&&t| t == 151655).count(), n_tokens, "{name}: <|image_pad|> count");
+        assert_eq!(
+            ids.iter().filter(|&&t| t == 151655).count(),
+            n_tokens,
+            "{name}: <|image_pad|> count"
+        );
         assert_eq!(ids.iter().filter(|&&t| t == 151652).count(), n_images);
         assert_eq!(ids.iter().filter(|&&t| t == 151653).count(), n_images);
         assert_eq!(ids[0], 151644, "starts with <|im_start|>");
-        assert_eq!(&ids[l - 5..], &[151645, 198, 151644, 77091, 198], "ends with <|im_end|>\\n<|im_start|>assistant\\n");
+        assert_eq!(
+            &ids[l - 5..],
+            &[151645, 198, 151644, 77091, 198],
+            "ends with <|im_end|>\\n<|im_start|>assistant\\n"
+        );
         f.expect("dbg.vision_embeds", Dtype::F32, &[n_tokens as isize, 16]);
         // prompt_embeds = last_hidden_state[:, 64:]
         let (lh, pe) = (f.f32s("last_hidden_state"), f.f32s("prompt_embeds"));
-        assert!(lh[64 * 16..] == pe[..], "{name}: prompt_embeds != last_hidden_state[:, 64:]");
+        assert!(
+            lh[64 * 16..] == pe[..],
+            "{name}: prompt_embeds != last_hidden_state[:, 64:]"
+        );
         // 3-D positions: text tokens have equal t/h/w ids; the first image token sits right after <|vision_start|>
         let pos = f.i64s("position_ids");
         let first_img = ids.iter().position(|&t| t == 151655).unwrap();
@@ -663,7 +855,11 @@ fn text_encoder_goldens() {
             let (w, h) = png_size(&golden(&format!("{png}.png")));
             assert!(w > 0 && h > 0);
             let (vw, vh) = png_size(&golden(&format!("{png}_vl.png")));
-            assert_eq!((vh as i64, vw as i64), (grid[3 * i + 1] * 14, grid[3 * i + 2] * 14), "{png}_vl.png size");
+            assert_eq!(
+                (vh as i64, vw as i64),
+                (grid[3 * i + 1] * 14, grid[3 * i + 2] * 14),
+                "{png}_vl.png size"
+            );
         }
         assert_eq!(f.meta("model"), model);
         assert!(!f.meta("prompt").is_ascii(), "prompts contain non-ASCII text");
@@ -693,7 +889,10 @@ fn scheduler_json() {
         assert_eq!(sig[steps].as_f64(), Some(0.0));
         if steps > 1 {
             assert_eq!(sig[0].as_f64(), Some(1.0));
-            assert!(sig.iter().chain(ts.iter()).all(|v| v.is_number()), "{cfg} {steps} {seq}: non-number");
+            assert!(
+                sig.iter().chain(ts.iter()).all(|v| v.is_number()),
+                "{cfg} {steps} {seq}: non-number"
+            );
         } else if cfg == "qwen" {
             // N = 1 with shift_terminal: the reference computes 0/0 -> NaN, stored as null
             assert!(sig[0].is_null() && ts[0].is_null(), "qwen N=1 should be NaN (null)");
@@ -702,7 +901,10 @@ fn scheduler_json() {
     }
     for steps in [1, 2, 4, 8, 28, 40, 50] {
         for seq in [1024, 3600, 4096] {
-            assert!(seen.contains(&("qwen".to_string(), steps, seq)), "qwen {steps} steps @ {seq}");
+            assert!(
+                seen.contains(&("qwen".to_string(), steps, seq)),
+                "qwen {steps} steps @ {seq}"
+            );
         }
     }
     for steps in [4, 8] {
@@ -714,7 +916,14 @@ fn scheduler_json() {
 fn randn_golden() {
     let f = St::open(golden("randn.safetensors"));
     f.check_all(&[Dtype::F32, Dtype::BF16]);
-    let shapes: [&[usize]; 6] = [&[1, 1, 16, 128, 128], &[1, 1, 16, 13, 7], &[1, 1, 4, 8, 8], &[1, 1, 3, 5, 7], &[3, 5], &[7]];
+    let shapes: [&[usize]; 6] = [
+        &[1, 1, 16, 128, 128],
+        &[1, 1, 16, 13, 7],
+        &[1, 1, 4, 8, 8],
+        &[1, 1, 3, 5, 7],
+        &[3, 5],
+        &[7],
+    ];
     for seed in [0u64, 42, (1u64 << 32) + 7, 123456789] {
         for s in shapes {
             if s.len() == 5 && s[3] == 128 && seed != 0 {
@@ -726,7 +935,10 @@ fn randn_golden() {
             f.expect(&format!("seed{seed}_f32_{dims}"), Dtype::F32, &si);
             f.expect(&format!("seed{seed}_bf16_{dims}"), Dtype::BF16, &si);
             let n = prod(s);
-            assert_eq!(f.has(&format!("scalar.seed{seed}_f32_{dims}")), (16..=4096).contains(&n));
+            assert_eq!(
+                f.has(&format!("scalar.seed{seed}_f32_{dims}")),
+                (16..=4096).contains(&n)
+            );
         }
     }
 }
@@ -735,7 +947,15 @@ fn randn_golden() {
 fn pipeline_goldens() {
     // name, model, #inputs, steps, out (h, w), latent channels*4, vae factor
     for (name, model, n_in, steps, (h, w), c4, vf) in [
-        ("pipeline_edit", "tiny-edit", 1usize, 3usize, (56usize, 40usize), 16usize, 4usize),
+        (
+            "pipeline_edit",
+            "tiny-edit",
+            1usize,
+            3usize,
+            (56usize, 40usize),
+            16usize,
+            4usize,
+        ),
         ("pipeline_plus", "tiny-plus", 2, 2, (64, 48), 64, 8),
     ] {
         let f = St::open(golden(&format!("{name}.safetensors")));
@@ -763,7 +983,13 @@ fn pipeline_goldens() {
         let shapes: Value = serde_json::from_str(&f.meta("img_shapes")).unwrap();
         let shapes = shapes[0].as_array().unwrap();
         assert_eq!(shapes.len(), 1 + n_in);
-        let tok = |s: &Value| -> usize { s.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).product() };
+        let tok = |s: &Value| -> usize {
+            s.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as usize)
+                .product()
+        };
         assert_eq!(tok(&shapes[0]) as isize, n_out);
         assert_eq!(shapes[1..].iter().map(tok).sum::<usize>(), n_img);
         let inputs: Vec<String> = (0..n_in).map(|i| format!("{name}_input{i}.png")).collect();
@@ -790,7 +1016,7 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>) {
             continue;
         }
         if ft.is_dir() {
-            if p.file_name().map_or(false, |n| n == "__pycache__") {
+            if p.file_name().is_some_and(|n| n == "__pycache__") {
                 continue;
             }
             walk(&p, out);
@@ -813,10 +1039,18 @@ fn fixture_size_budget() {
     }
     // every golden file is covered by a test above
     let known = [
-        "transformer_", "vae_", "text_encoder_", "pipeline_", "scheduler.json", "randn.safetensors",
+        "transformer_",
+        "vae_",
+        "text_encoder_",
+        "pipeline_",
+        "scheduler.json",
+        "randn.safetensors",
     ];
     for e in fs::read_dir(root().join("golden")).unwrap() {
         let n = e.unwrap().file_name().to_string_lossy().to_string();
-        assert!(known.iter().any(|k| n.starts_with(k)), "golden/{n} is not checked by fixtures_open.rs");
+        assert!(
+            known.iter().any(|k| n.starts_with(k)),
+            "golden/{n} is not checked by fixtures_open.rs"
+        );
     }
 }

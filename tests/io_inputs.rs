@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use qwen_edit::error::{user_error, ErrorKind};
 use qwen_edit::io::decode::{decode_image, DecodeLimits};
-use qwen_edit::io::source::{
-    classify, read_source, read_sources, FetchOptions, InputBytes, SourceKind,
-};
+use qwen_edit::io::source::{classify, read_source, read_sources, FetchOptions, InputBytes, SourceKind};
 
 // ------------------------------------------------------------------------------------------------
 // helpers
@@ -49,10 +47,7 @@ fn assert_bad<T: std::fmt::Debug>(r: anyhow::Result<T>, needles: &[&str]) -> Str
     let ue = user_error(&err).unwrap_or_else(|| panic!("not a UserError: {err:#}"));
     assert_eq!(ue.kind, ErrorKind::BadInput, "{err:#}");
     let msg = format!("{err:#}");
-    eprintln!(
-        "message: {msg}\n   hint: {}",
-        ue.hint.as_deref().unwrap_or("-")
-    );
+    eprintln!("message: {msg}\n   hint: {}", ue.hint.as_deref().unwrap_or("-"));
     for n in needles {
         assert!(
             msg.to_lowercase().contains(&n.to_lowercase()),
@@ -64,11 +59,7 @@ fn assert_bad<T: std::fmt::Debug>(r: anyhow::Result<T>, needles: &[&str]) -> Str
 
 fn test_image(w: u32, h: u32) -> image::RgbImage {
     image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([
-            (x * 37 + y * 11) as u8,
-            (x * 5 + y * 53) as u8,
-            ((x ^ y) * 7) as u8,
-        ])
+        image::Rgb([(x * 37 + y * 11) as u8, (x * 5 + y * 53) as u8, ((x ^ y) * 7) as u8])
     })
 }
 
@@ -80,10 +71,8 @@ fn png_of(img: &image::RgbImage) -> Vec<u8> {
 
 fn jpeg_of(img: &image::RgbImage) -> Vec<u8> {
     let mut out = Vec::new();
-    img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
-        &mut out, 95,
-    ))
-    .unwrap();
+    img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95))
+        .unwrap();
     out
 }
 
@@ -306,10 +295,7 @@ fn stdin_input() {
     let img = test_image(6, 3);
     let mut stdin = Cursor::new(png_of(&img));
     let input = read_source("-", &opts(), &mut stdin).unwrap();
-    assert_eq!(
-        (input.kind, input.label.as_str()),
-        (SourceKind::Stdin, "stdin")
-    );
+    assert_eq!((input.kind, input.label.as_str()), (SourceKind::Stdin, "stdin"));
     assert_eq!(
         decode_image(&input.bytes, &DecodeLimits::default(), &input.label).unwrap(),
         img
@@ -333,10 +319,7 @@ fn base64_standard_and_url_safe_with_and_without_padding() {
         let (img, bytes) = png_with_len_mod3(rem);
         let std_padded = STANDARD.encode(&bytes);
         assert!(std_padded.ends_with('='));
-        assert!(
-            std_padded.contains(['+', '/']),
-            "test data should use +/ at least once"
-        );
+        assert!(std_padded.contains(['+', '/']), "test data should use +/ at least once");
         for (name, text) in [
             ("standard padded", std_padded.clone()),
             ("standard unpadded", STANDARD_NO_PAD.encode(&bytes)),
@@ -380,11 +363,7 @@ fn data_uri_input() {
     );
     let input = read(&uri, &opts()).unwrap();
     assert_eq!(input.kind, SourceKind::DataUri);
-    assert!(
-        input.label.starts_with("data:image/png URI"),
-        "{}",
-        input.label
-    );
+    assert!(input.label.starts_with("data:image/png URI"), "{}", input.label);
     assert_eq!(load(&uri, &opts()).unwrap(), img);
     // Parameters before `;base64` and an upper-case scheme are fine.
     let uri2 = uri.replacen("data:image/png;", "DATA:image/png;name=x.png;", 1);
@@ -453,10 +432,7 @@ fn url_429_then_success() {
 #[test]
 fn url_persistent_503_gives_up_after_retries() {
     let s = serve(|_, _| http("503 Service Unavailable", &[], b""));
-    let o = FetchOptions {
-        retries: 2,
-        ..opts()
-    };
+    let o = FetchOptions { retries: 2, ..opts() };
     assert_bad(
         read(&format!("{}/a.png", s.base), &o),
         &["503", "gave up after 3 attempts"],
@@ -473,28 +449,14 @@ fn url_timeout() {
         ..opts()
     };
     let t = Instant::now();
-    assert_bad(
-        read(&format!("{}/slow.png", s.base), &o),
-        &["timed out", "/slow.png"],
-    );
-    assert!(
-        t.elapsed() < Duration::from_millis(1400),
-        "took {:?}",
-        t.elapsed()
-    );
+    assert_bad(read(&format!("{}/slow.png", s.base), &o), &["timed out", "/slow.png"]);
+    assert!(t.elapsed() < Duration::from_millis(1400), "took {:?}", t.elapsed());
 }
 
 #[test]
 fn url_connection_refused_is_retried_then_reported() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let o = FetchOptions {
-        retries: 1,
-        ..opts()
-    };
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = FetchOptions { retries: 1, ..opts() };
     assert_bad(
         read(&format!("http://127.0.0.1:{port}/x.png"), &o),
         &["cannot connect", "gave up after 2"],
@@ -537,11 +499,7 @@ fn url_oversize_body_without_content_length() {
 fn url_redirect_followed() {
     let body = png_of(&test_image(2, 3));
     let s = serve(move |_, path| match path {
-        "/old/a.png" => http(
-            "301 Moved Permanently",
-            &[("Location", "../new/a.png")],
-            b"",
-        ),
+        "/old/a.png" => http("301 Moved Permanently", &[("Location", "../new/a.png")], b""),
         "/new/a.png" => http("302 Found", &[("Location", "/final.png?x=1")], b""),
         p if p.starts_with("/final.png") => http("200 OK", &[], &body),
         _ => http("404 Not Found", &[], b""),
@@ -561,10 +519,7 @@ fn url_redirect_loop() {
         max_redirects: 5,
         ..opts()
     };
-    assert_bad(
-        read(&format!("{}/a", s.base), &o),
-        &["more than 5 redirects", "loop"],
-    );
+    assert_bad(read(&format!("{}/a", s.base), &o), &["more than 5 redirects", "loop"]);
     assert_eq!(s.hits.load(Ordering::SeqCst), 6);
 }
 
@@ -618,10 +573,7 @@ fn hostile_html_page_from_url() {
             b"<!DOCTYPE html><html><body>hi</body></html>",
         )
     });
-    assert_bad(
-        load(&format!("{}/photo.jpg", s.base), &opts()),
-        &["HTML page"],
-    );
+    assert_bad(load(&format!("{}/photo.jpg", s.base), &opts()), &["HTML page"]);
 }
 
 #[test]
@@ -711,10 +663,7 @@ fn hostile_base64_with_bad_trailing_bits() {
 
 #[test]
 fn hostile_data_uri_mixed_alphabets() {
-    assert_bad(
-        read("data:image/png;base64,ab+c-d__", &opts()),
-        &["mixes", "alphabets"],
-    );
+    assert_bad(read("data:image/png;base64,ab+c-d__", &opts()), &["mixes", "alphabets"]);
 }
 
 #[test]
@@ -723,18 +672,12 @@ fn hostile_data_uri_wrong_mime() {
         "data:text/plain;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(b"hello")
     );
-    assert_bad(
-        read(&uri, &opts()),
-        &["does not hold an image", "text/plain"],
-    );
+    assert_bad(read(&uri, &opts()), &["does not hold an image", "text/plain"]);
 }
 
 #[test]
 fn hostile_data_uri_no_media_type() {
-    assert_bad(
-        read("data:;base64,aGVsbG8=", &opts()),
-        &["does not hold an image"],
-    );
+    assert_bad(read("data:;base64,aGVsbG8=", &opts()), &["does not hold an image"]);
 }
 
 #[test]
@@ -747,10 +690,7 @@ fn hostile_data_uri_garbage_payload() {
 
 #[test]
 fn hostile_data_uri_not_base64_encoded() {
-    assert_bad(
-        read("data:image/png,%89PNG", &opts()),
-        &["not base64-encoded"],
-    );
+    assert_bad(read("data:image/png,%89PNG", &opts()), &["not base64-encoded"]);
 }
 
 #[test]
@@ -770,10 +710,7 @@ fn hostile_data_uri_with_text_payload() {
 #[test]
 fn hostile_directory_path() {
     let dir = tmpdir();
-    assert_bad(
-        read(dir.path().to_str().unwrap(), &opts()),
-        &["is a directory"],
-    );
+    assert_bad(read(dir.path().to_str().unwrap(), &opts()), &["is a directory"]);
 }
 
 #[test]
@@ -793,10 +730,7 @@ fn hostile_path_outside_allowed_roots() {
         allowed_roots: Some(vec![root.path().to_path_buf()]),
         ..opts()
     };
-    assert_bad(
-        read(p.to_str().unwrap(), &o),
-        &["outside the allowed input folders"],
-    );
+    assert_bad(read(p.to_str().unwrap(), &o), &["outside the allowed input folders"]);
     // `..` out of the root is resolved before the check.
     let sneaky = root
         .path()
@@ -823,11 +757,7 @@ fn hostile_symlink_escaping_root() {
     };
     let msg = assert_bad(
         read(link.to_str().unwrap(), &o),
-        &[
-            "innocent.png",
-            "outside the allowed input folders",
-            "resolves to",
-        ],
+        &["innocent.png", "outside the allowed input folders", "resolves to"],
     );
     assert!(msg.contains("secret.png"));
 }
@@ -838,10 +768,7 @@ fn hostile_dangling_symlink() {
     let dir = tmpdir();
     let link = dir.path().join("gone.png");
     std::os::unix::fs::symlink(dir.path().join("missing.png"), &link).unwrap();
-    assert_bad(
-        read(link.to_str().unwrap(), &opts()),
-        &["gone.png", "does not exist"],
-    );
+    assert_bad(read(link.to_str().unwrap(), &opts()), &["gone.png", "does not exist"]);
 }
 
 #[test]
@@ -868,9 +795,7 @@ fn hostile_tiff_garbage() {
 #[test]
 fn hostile_webp_garbage() {
     let mut w = b"RIFF\x20\0\0\0WEBPVP8 ".to_vec();
-    w.extend_from_slice(&[
-        0x10, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-    ]);
+    w.extend_from_slice(&[0x10, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
     assert_bad(
         decode_image(&w, &DecodeLimits::default(), "junk.webp"),
         &["junk.webp", "WebP"],
@@ -890,11 +815,7 @@ fn hostile_bmp_garbage() {
 #[test]
 fn hostile_unsupported_format() {
     assert_bad(
-        decode_image(
-            b"qoif\0\0\0\x04\0\0\0\x04\x03\0",
-            &DecodeLimits::default(),
-            "x.qoi",
-        ),
+        decode_image(b"qoif\0\0\0\x04\0\0\0\x04\x03\0", &DecodeLimits::default(), "x.qoi"),
         &["QOI", "not supported"],
     );
 }
@@ -932,10 +853,7 @@ fn hostile_base64_over_size_limit() {
         max_bytes: 100,
         ..opts()
     };
-    assert_bad(
-        read(&text, &o),
-        &["base64 input", "larger than the input limit"],
-    );
+    assert_bad(read(&text, &o), &["base64 input", "larger than the input limit"]);
 }
 
 #[test]
@@ -982,10 +900,7 @@ fn hostile_empty_argument() {
 #[test]
 fn hostile_zero_width_png() {
     let png = raw_png(0, 5, 8, 2, &[], &[0]);
-    assert_bad(
-        decode_image(&png, &DecodeLimits::default(), "zero.png"),
-        &["zero.png"],
-    );
+    assert_bad(decode_image(&png, &DecodeLimits::default(), "zero.png"), &["zero.png"]);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1030,14 +945,7 @@ fn exif_orientation_png_all_eight_like_pil() {
     ];
     for (i, exp) in expected.iter().enumerate() {
         let o = i as u16 + 1;
-        let png = raw_png(
-            3,
-            2,
-            8,
-            2,
-            &[png_chunk(b"eXIf", &exif_block(o))],
-            &rows8(&raw),
-        );
+        let png = raw_png(3, 2, 8, 2, &[png_chunk(b"eXIf", &exif_block(o))], &rows8(&raw));
         let img = decode_image(&png, &DecodeLimits::default(), "o.png").unwrap();
         let red: Vec<Vec<u8>> = (0..img.height())
             .map(|y| (0..img.width()).map(|x| img.get_pixel(x, y).0[0]).collect())
@@ -1071,11 +979,7 @@ fn exif_orientation_jpeg_app1() {
     assert_eq!(plain.dimensions(), (32, 16));
     let rotated = decode_image(&with_exif, &DecodeLimits::default(), "rot.jpg").unwrap();
     assert_eq!(rotated.dimensions(), (16, 32));
-    let near = |p: [u8; 3], q: [u8; 3]| {
-        p.iter()
-            .zip(q)
-            .all(|(a, b)| (i32::from(*a) - i32::from(b)).abs() <= 12)
-    };
+    let near = |p: [u8; 3], q: [u8; 3]| p.iter().zip(q).all(|(a, b)| (i32::from(*a) - i32::from(b)).abs() <= 12);
     assert!(
         near(rotated.get_pixel(8, 6).0, [250, 0, 0]),
         "{:?}",
@@ -1091,9 +995,7 @@ fn exif_orientation_jpeg_app1() {
 // ------------------------------------------------------------------------------------------------
 // RGB conversion like PIL's Image.convert("RGB") (expected values computed with PIL 13.0.0)
 
-const V16: [u16; 12] = [
-    0, 1, 127, 128, 255, 256, 257, 1000, 32767, 32768, 65280, 65535,
-];
+const V16: [u16; 12] = [0, 1, 127, 128, 255, 256, 257, 1000, 32767, 32768, 65280, 65535];
 
 fn rgb16_rows() -> Vec<u16> {
     let n = V16.len();
@@ -1126,9 +1028,7 @@ fn rgba8_drops_alpha_like_pil() {
         8,
         6,
         &[],
-        &rows8(&[vec![
-            255, 0, 0, 0, 0, 255, 0, 128, 10, 20, 30, 255, 200, 150, 100, 1,
-        ]]),
+        &rows8(&[vec![255, 0, 0, 0, 0, 255, 0, 128, 10, 20, 30, 255, 200, 150, 100, 1]]),
     );
     let img = decode_image(&png, &DecodeLimits::default(), "rgba.png").unwrap();
     assert_eq!(
@@ -1167,39 +1067,23 @@ fn png16_rgb_rgba_la_gray_like_pil() {
     let rgb = rgb16_rows();
     let png = raw_png(12, 1, 16, 2, &[], &rows16(std::slice::from_ref(&rgb)));
     let img = decode_image(&png, &DecodeLimits::default(), "rgb16.png").unwrap();
-    assert_eq!(
-        channels(&img),
-        [PIL_R.to_vec(), PIL_G.to_vec(), PIL_B.to_vec()]
-    );
+    assert_eq!(channels(&img), [PIL_R.to_vec(), PIL_G.to_vec(), PIL_B.to_vec()]);
 
-    let rgba: Vec<u16> = rgb
-        .chunks(3)
-        .flat_map(|c| [c[0], c[1], c[2], 1000])
-        .collect();
+    let rgba: Vec<u16> = rgb.chunks(3).flat_map(|c| [c[0], c[1], c[2], 1000]).collect();
     let png = raw_png(12, 1, 16, 6, &[], &rows16(&[rgba]));
     let img = decode_image(&png, &DecodeLimits::default(), "rgba16.png").unwrap();
-    assert_eq!(
-        channels(&img),
-        [PIL_R.to_vec(), PIL_G.to_vec(), PIL_B.to_vec()]
-    );
+    assert_eq!(channels(&img), [PIL_R.to_vec(), PIL_G.to_vec(), PIL_B.to_vec()]);
 
     let la: Vec<u16> = (0..12).flat_map(|i| [V16[i], V16[11 - i]]).collect();
     let png = raw_png(12, 1, 16, 4, &[], &rows16(&[la]));
     let img = decode_image(&png, &DecodeLimits::default(), "la16.png").unwrap();
-    assert_eq!(
-        channels(&img),
-        [PIL_R.to_vec(), PIL_R.to_vec(), PIL_R.to_vec()]
-    );
+    assert_eq!(channels(&img), [PIL_R.to_vec(), PIL_R.to_vec(), PIL_R.to_vec()]);
 
     let png = raw_png(12, 1, 16, 0, &[], &rows16(&[V16.to_vec()]));
     let img = decode_image(&png, &DecodeLimits::default(), "g16.png").unwrap();
     assert_eq!(
         channels(&img),
-        [
-            PIL_GRAY16.to_vec(),
-            PIL_GRAY16.to_vec(),
-            PIL_GRAY16.to_vec()
-        ]
+        [PIL_GRAY16.to_vec(), PIL_GRAY16.to_vec(), PIL_GRAY16.to_vec()]
     );
 
     // With tRNS, PIL still opens it as I;16 and clips.
@@ -1221,10 +1105,7 @@ fn tiff16_rgb_and_gray_like_pil() {
     let mut out = Cursor::new(Vec::new());
     rgb.write_to(&mut out, image::ImageFormat::Tiff).unwrap();
     let img = decode_image(out.get_ref(), &DecodeLimits::default(), "rgb16.tif").unwrap();
-    assert_eq!(
-        channels(&img),
-        [PIL_R.to_vec(), PIL_G.to_vec(), PIL_B.to_vec()]
-    );
+    assert_eq!(channels(&img), [PIL_R.to_vec(), PIL_G.to_vec(), PIL_B.to_vec()]);
 
     let gray = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(12, 1, V16.to_vec()).unwrap();
     let mut out = Cursor::new(Vec::new());

@@ -25,11 +25,7 @@ fn rgb8(w: u32, h: u32) -> image::RgbImage {
 
 fn rgb16(w: u32, h: u32) -> image::ImageBuffer<image::Rgb<u16>, Vec<u16>> {
     image::ImageBuffer::from_fn(w, h, |x, y| {
-        image::Rgb([
-            (x * 9001) as u16,
-            (y * 13007 + 1) as u16,
-            65535 - (x * y * 257) as u16,
-        ])
+        image::Rgb([(x * 9001) as u16, (y * 13007 + 1) as u16, 65535 - (x * y * 257) as u16])
     })
 }
 
@@ -56,39 +52,23 @@ fn format_from_extension_and_name() {
         ("a.tif", OutputFormat::Tiff),
         ("a.TIFF", OutputFormat::Tiff),
     ] {
-        assert_eq!(
-            OutputFormat::from_extension(Path::new(p)).unwrap(),
-            f,
-            "{p}"
-        );
+        assert_eq!(OutputFormat::from_extension(Path::new(p)).unwrap(), f, "{p}");
     }
     assert_bad(
         OutputFormat::from_extension(Path::new("out.gif")),
         &["out.gif", "`.gif`", "--format"],
     );
-    assert_bad(
-        OutputFormat::from_extension(Path::new("out")),
-        &["out", "--format"],
-    );
+    assert_bad(OutputFormat::from_extension(Path::new("out")), &["out", "--format"]);
     assert_eq!(OutputFormat::from_name("JPG").unwrap(), OutputFormat::Jpeg);
     assert_eq!("tif".parse::<OutputFormat>().unwrap(), OutputFormat::Tiff);
-    assert_bad(
-        OutputFormat::from_name("bmp"),
-        &["unknown output format `bmp`"],
-    );
+    assert_bad(OutputFormat::from_name("bmp"), &["unknown output format `bmp`"]);
 }
 
 #[test]
 fn formats_and_depths_parse_with_clap() {
     use clap::ValueEnum;
-    assert_eq!(
-        OutputFormat::from_str("jpg", true).unwrap(),
-        OutputFormat::Jpeg
-    );
-    assert_eq!(
-        OutputFormat::from_str("webp", false).unwrap(),
-        OutputFormat::Webp
-    );
+    assert_eq!(OutputFormat::from_str("jpg", true).unwrap(), OutputFormat::Jpeg);
+    assert_eq!(OutputFormat::from_str("webp", false).unwrap(), OutputFormat::Webp);
     assert_eq!(BitDepth::from_str("16", false).unwrap(), BitDepth::Sixteen);
     assert_eq!(BitDepth::from_str("8", false).unwrap(), BitDepth::Eight);
     assert!(BitDepth::from_str("12", false).is_err());
@@ -97,9 +77,7 @@ fn formats_and_depths_parse_with_clap() {
 #[test]
 fn sixteen_bit_only_for_png_and_tiff() {
     assert!(OutputFormat::Png.check_bit_depth(BitDepth::Sixteen).is_ok());
-    assert!(OutputFormat::Tiff
-        .check_bit_depth(BitDepth::Sixteen)
-        .is_ok());
+    assert!(OutputFormat::Tiff.check_bit_depth(BitDepth::Sixteen).is_ok());
     assert_bad(
         OutputFormat::Jpeg.check_bit_depth(BitDepth::Sixteen),
         &["JPEG output is 8-bit only", "--bit-depth 8"],
@@ -122,10 +100,7 @@ fn png8_round_trip_with_text_chunks() {
         ("seed".to_string(), "42".to_string()),
         ("steps".to_string(), "50".to_string()),
         ("model".to_string(), "Qwen/Qwen-Image-Edit-2509".to_string()),
-        (
-            "negative_prompt".to_string(),
-            "模糊, 低质量 — blurry".to_string(),
-        ),
+        ("negative_prompt".to_string(), "模糊, 低质量 — blurry".to_string()),
         ("latin1".to_string(), "café".to_string()),
     ];
     let bytes = encode_image(&OutputPixels::Rgb8(img.clone()), OutputFormat::Png, &text).unwrap();
@@ -151,14 +126,8 @@ fn png8_round_trip_with_text_chunks() {
         assert!(found.contains(kv), "{kv:?} not in {found:?}");
     }
     // Latin-1 values are tEXt, others iTXt.
-    assert!(info
-        .uncompressed_latin1_text
-        .iter()
-        .any(|c| c.keyword == "latin1"));
-    assert!(info
-        .utf8_text
-        .iter()
-        .any(|c| c.keyword == "negative_prompt"));
+    assert!(info.uncompressed_latin1_text.iter().any(|c| c.keyword == "latin1"));
+    assert!(info.utf8_text.iter().any(|c| c.keyword == "negative_prompt"));
 }
 
 #[test]
@@ -206,9 +175,7 @@ fn webp_is_lossless() {
 
 #[test]
 fn jpeg_quality_95_is_close() {
-    let img = image::RgbImage::from_fn(32, 32, |x, y| {
-        image::Rgb([(x * 8) as u8, (y * 8) as u8, 128])
-    });
+    let img = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 128]));
     let bytes = encode_image(&OutputPixels::Rgb8(img.clone()), OutputFormat::Jpeg, &[]).unwrap();
     assert_eq!(&bytes[..3], &[0xff, 0xd8, 0xff]);
     let decoded = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
@@ -269,31 +236,19 @@ fn overwrite_keeps_the_replaced_files_mode() {
     std::fs::write(&out, b"old").unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).unwrap();
     write_atomic(&out, b"new", true, false).unwrap();
-    assert_eq!(
-        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
 #[test]
 fn missing_folder_needs_mkdir() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a").join("b").join("out.png");
-    assert_bad(
-        write_atomic(&out, b"x", false, false),
-        &["does not exist", "--mkdir"],
-    );
-    assert!(
-        dir_entries(dir.path()).is_empty(),
-        "nothing created without --mkdir"
-    );
+    assert_bad(write_atomic(&out, b"x", false, false), &["does not exist", "--mkdir"]);
+    assert!(dir_entries(dir.path()).is_empty(), "nothing created without --mkdir");
 
     write_atomic(&out, b"x", false, true).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), b"x");
-    assert_eq!(
-        dir_entries(&dir.path().join("a").join("b")),
-        vec!["out.png"]
-    );
+    assert_eq!(dir_entries(&dir.path().join("a").join("b")), vec!["out.png"]);
 }
 
 #[test]
@@ -354,22 +309,12 @@ fn stdout_child_writer() {
 fn write_stdout_writes_bytes_to_a_pipe() {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "stdout_child_writer",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+        .args(["--exact", "stdout_child_writer", "--nocapture", "--test-threads", "1"])
         .env(CHILD_ENV, "1")
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         out.stdout.windows(MARKER.len()).any(|w| w == MARKER),
         "{:?}",

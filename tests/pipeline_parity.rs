@@ -22,8 +22,25 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
     let got = got.to_dtype(DType::F32).unwrap();
     let want = want.to_dtype(DType::F32).unwrap();
     assert_eq!(got.dims(), want.dims());
-    let diff = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let diff = (&got - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     diff / scale.max(1e-12)
 }
 
@@ -60,7 +77,14 @@ fn check_pipeline(model: &str, golden_name: &str, req: EditRequest, lh: usize, l
     }
     // Output in [0, 1] as output_type="pt", within 1/255.
     let img01 = ((&out.image * 0.5).unwrap() + 0.5).unwrap().clamp(0f32, 1f32).unwrap();
-    let diff = (img01 - &g["output"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let diff = (img01 - &g["output"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     let diff = diff.to_scalar::<f32>().unwrap();
     assert!(diff <= 1.0 / 255.0, "{model}: output differs by {diff}");
 }
@@ -103,9 +127,35 @@ fn edit_command_writes_the_reference_image() {
     let model = fixtures().join("models/tiny-edit");
     let input = fixtures().join("golden/pipeline_edit_input0.png");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_qwen-edit"))
-        .args(["edit", input.to_str().unwrap(), "-p", "make the sky purple", "--negative-prompt", " "])
-        .args(["--steps", "3", "--true-cfg-scale", "4", "--seed", "0", "--width", "40", "--height", "56"])
-        .args(["--model", model.to_str().unwrap(), "--device", "cpu", "-o", out.to_str().unwrap(), "--json"])
+        .args([
+            "edit",
+            input.to_str().unwrap(),
+            "-p",
+            "make the sky purple",
+            "--negative-prompt",
+            " ",
+        ])
+        .args([
+            "--steps",
+            "3",
+            "--true-cfg-scale",
+            "4",
+            "--seed",
+            "0",
+            "--width",
+            "40",
+            "--height",
+            "56",
+        ])
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -122,11 +172,24 @@ fn edit_command_writes_the_reference_image() {
     let got = image::open(&out).unwrap().to_rgb8();
     let want = png("pipeline_edit_output.png");
     assert_eq!(got.dimensions(), want.dimensions());
-    let max = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| (*a as i32 - *b as i32).abs())
+        .max()
+        .unwrap();
     assert!(max <= 1, "edit output differs from diffusers by {max}/255");
     // Refuses to overwrite.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_qwen-edit"))
-        .args(["edit", input.to_str().unwrap(), "-p", "x", "--model", model.to_str().unwrap()])
+        .args([
+            "edit",
+            input.to_str().unwrap(),
+            "-p",
+            "x",
+            "--model",
+            model.to_str().unwrap(),
+        ])
         .args(["--device", "cpu", "-o", out.to_str().unwrap()])
         .output()
         .unwrap();

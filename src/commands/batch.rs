@@ -9,17 +9,19 @@ use anyhow::Context;
 
 use crate::cli::BatchArgs;
 use crate::commands::common::{self, LoadedModel, OutputTarget};
-use crate::io::encode::{BitDepth, OutputFormat};
 use crate::error::{exit_code, UserError};
+use crate::io::encode::{BitDepth, OutputFormat};
 use crate::jobs::JobInput;
 use crate::printer::Printer;
 
 pub fn run(args: BatchArgs, printer: Printer) -> anyhow::Result<u8> {
     let reader: Box<dyn BufRead> = match args.input.as_deref() {
         None | Some("-") => Box::new(std::io::BufReader::new(std::io::stdin())),
-        Some(path) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(path).map_err(|e| UserError::bad_input(format!("cannot open the job file {path}: {e}")))?,
-        )),
+        Some(path) => {
+            Box::new(std::io::BufReader::new(std::fs::File::open(path).map_err(|e| {
+                UserError::bad_input(format!("cannot open the job file {path}: {e}"))
+            })?))
+        }
     };
     let model = LoadedModel::load(&args.model, args.vae_tiling, &printer)?;
     let mut stdout = std::io::stdout().lock();
@@ -71,7 +73,13 @@ fn run_line(model: &LoadedModel, line: &str, args: &BatchArgs, index: usize) -> 
                 .map_err(|_| UserError::bad_input(format!("unknown output_format `{name}` (png, jpeg, webp, tiff)")))?,
         ),
     };
-    let target = OutputTarget::new(Some(output.clone()), format, BitDepth::Eight, args.overwrite, args.mkdir)?;
+    let target = OutputTarget::new(
+        Some(output.clone()),
+        format,
+        BitDepth::Eight,
+        args.overwrite,
+        args.mkdir,
+    )?;
     let images = common::read_images(&job.images, &common::job_fetch_options(), None)?;
     let request = common::request_from(&job, images);
     let out = model.pipeline.run(&request, &mut ())?;

@@ -12,10 +12,10 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::cli::BenchArgs;
 use crate::device::DeviceSpec;
+use crate::models::presets;
 use crate::models::random::RandomWeights;
 use crate::models::transformer::{QwenImageTransformer2DModel, TransformerConfig};
 use crate::models::vae::{AutoencoderKLQwenImage, VaeConfig};
-use crate::models::presets;
 use crate::printer::Printer;
 
 #[derive(Debug, serde::Serialize)]
@@ -37,7 +37,10 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
 
     if want("transformer") {
         let cfg: TransformerConfig = serde_json::from_str(presets::TRANSFORMER_2511)?;
-        printer.status(format!("building the full-size transformer ({} layers) with random weights", cfg.num_layers));
+        printer.status(format!(
+            "building the full-size transformer ({} layers) with random weights",
+            cfg.num_layers
+        ));
         let t0 = Instant::now();
         let model = QwenImageTransformer2DModel::new(&cfg, RandomWeights::var_builder(dtype, &device))
             .context("building the transformer")?;
@@ -49,7 +52,8 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 let shapes: Vec<(usize, usize, usize)> = (0..=refs).map(|_| (1, g, g)).collect();
                 let s_img: usize = shapes.iter().map(|(f, h, w)| f * h * w).sum();
                 let x = Tensor::randn(0f32, 1.0, (1, s_img, cfg.in_channels), &device)?.to_dtype(dtype)?;
-                let c = Tensor::randn(0f32, 1.0, (1, args.txt_len, cfg.joint_attention_dim), &device)?.to_dtype(dtype)?;
+                let c =
+                    Tensor::randn(0f32, 1.0, (1, args.txt_len, cfg.joint_attention_dim), &device)?.to_dtype(dtype)?;
                 let t = Tensor::new(&[0.5f32], &device)?.to_dtype(dtype)?;
                 let mut last = None;
                 let ms = time_ms(&device, args.warmup, args.iters, || {
@@ -70,7 +74,8 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
     if want("vae") {
         let cfg: VaeConfig = serde_json::from_str(presets::VAE)?;
         let t0 = Instant::now();
-        let vae = AutoencoderKLQwenImage::new(&cfg, RandomWeights::var_builder(dtype, &device)).context("building the VAE")?;
+        let vae = AutoencoderKLQwenImage::new(&cfg, RandomWeights::var_builder(dtype, &device))
+            .context("building the VAE")?;
         sync(&device)?;
         let build_s = t0.elapsed().as_secs_f64();
         for &size in &args.sizes {
@@ -83,13 +88,25 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 Ok(())
             })?;
             let finite = last.take().as_ref().map(is_finite).transpose()?.unwrap_or(false);
-            results.push(BenchResult { name: format!("vae_encode_{size}"), ms, tokens: None, build_s, finite });
+            results.push(BenchResult {
+                name: format!("vae_encode_{size}"),
+                ms,
+                tokens: None,
+                build_s,
+                finite,
+            });
             let ms = time_ms(&device, args.warmup, args.iters, || {
                 last = Some(vae.decode(&z)?);
                 Ok(())
             })?;
             let finite = last.take().as_ref().map(is_finite).transpose()?.unwrap_or(false);
-            results.push(BenchResult { name: format!("vae_decode_{size}"), ms, tokens: None, build_s, finite });
+            results.push(BenchResult {
+                name: format!("vae_decode_{size}"),
+                ms,
+                tokens: None,
+                build_s,
+                finite,
+            });
         }
     }
 
@@ -101,10 +118,16 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
         });
         println!("{out}");
     } else {
-        println!("{:<28} {:>10} {:>8} {:>9} {:>7}", "name", "ms", "tokens", "build s", "finite");
+        println!(
+            "{:<28} {:>10} {:>8} {:>9} {:>7}",
+            "name", "ms", "tokens", "build s", "finite"
+        );
         for r in &results {
             let tokens = r.tokens.map(|t| t.to_string()).unwrap_or_default();
-            println!("{:<28} {:>10.2} {:>8} {:>9.1} {:>7}", r.name, r.ms, tokens, r.build_s, r.finite);
+            println!(
+                "{:<28} {:>10.2} {:>8} {:>9.1} {:>7}",
+                r.name, r.ms, tokens, r.build_s, r.finite
+            );
         }
     }
     Ok(if results.iter().all(|r| r.finite) { 0 } else { 1 })
@@ -121,7 +144,12 @@ fn is_finite(t: &Tensor) -> candle_core::Result<bool> {
 }
 
 /// Median wall time of `iters` runs after `warmup` runs, synchronising the device around each.
-fn time_ms(device: &Device, warmup: usize, iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+fn time_ms(
+    device: &Device,
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     for _ in 0..warmup {
         f()?;
     }

@@ -32,11 +32,20 @@ impl LoadedModel {
         let folder = super::model::resolve(args, printer)?;
         let device = spec.open()?;
         let dtype = spec.dtype(args.dtype);
-        printer.status(format!("loading {} from {}", folder.kind.class_name(), folder.root.display()));
+        printer.status(format!(
+            "loading {} from {}",
+            folder.kind.class_name(),
+            folder.root.display()
+        ));
         let t0 = std::time::Instant::now();
         let mut pipeline = EditPipeline::load(&folder, &device, dtype)?;
         pipeline.set_vae_tiling(vae_tiling);
-        Ok(Self { pipeline, name: args.model.clone(), dtype, load_seconds: t0.elapsed().as_secs_f64() })
+        Ok(Self {
+            pipeline,
+            name: args.model.clone(),
+            dtype,
+            load_seconds: t0.elapsed().as_secs_f64(),
+        })
     }
 }
 
@@ -63,7 +72,10 @@ pub fn read_images(
 
 /// Fetch options for batch and worker jobs: no stdin.
 pub fn job_fetch_options() -> FetchOptions {
-    FetchOptions { allow_stdin: false, ..FetchOptions::default() }
+    FetchOptions {
+        allow_stdin: false,
+        ..FetchOptions::default()
+    }
 }
 
 /// The pipeline request for a validated job (a random seed when it gives none).
@@ -105,7 +117,9 @@ impl OutputTarget {
             (None, None) => OutputFormat::Png,
         };
         if bit_depth == BitDepth::Sixteen && !matches!(format, OutputFormat::Png | OutputFormat::Tiff) {
-            return Err(UserError::bad_input(format!("16 bits per channel needs PNG or TIFF output, not {format:?}")).into());
+            return Err(
+                UserError::bad_input(format!("16 bits per channel needs PNG or TIFF output, not {format:?}")).into(),
+            );
         }
         if let Some(p) = &path {
             if p.exists() && !overwrite {
@@ -115,17 +129,30 @@ impl OutputTarget {
             }
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 if !dir.is_dir() && !mkdir {
-                    return Err(UserError::bad_input(format!("the output folder {} does not exist", dir.display()))
-                        .with_hint("pass --mkdir to create it")
-                        .into());
+                    return Err(
+                        UserError::bad_input(format!("the output folder {} does not exist", dir.display()))
+                            .with_hint("pass --mkdir to create it")
+                            .into(),
+                    );
                 }
             }
         }
-        Ok(Self { path, format, bit_depth })
+        Ok(Self {
+            path,
+            format,
+            bit_depth,
+        })
     }
 
     /// Encodes `out` (with the prompt, seed, steps and model as text chunks) and writes it.
-    pub fn write(&self, out: &EditOutput, prompt: &str, model: &str, overwrite: bool, mkdir: bool) -> anyhow::Result<()> {
+    pub fn write(
+        &self,
+        out: &EditOutput,
+        prompt: &str,
+        model: &str,
+        overwrite: bool,
+        mkdir: bool,
+    ) -> anyhow::Result<()> {
         let bytes = encode_result(out, prompt, model, self.format, self.bit_depth)?;
         match &self.path {
             None => write_stdout(&bytes),
@@ -135,7 +162,13 @@ impl OutputTarget {
 }
 
 /// The encoded image of `out` in `format`.
-pub fn encode_result(out: &EditOutput, prompt: &str, model: &str, format: OutputFormat, bit_depth: BitDepth) -> anyhow::Result<Vec<u8>> {
+pub fn encode_result(
+    out: &EditOutput,
+    prompt: &str,
+    model: &str,
+    format: OutputFormat,
+    bit_depth: BitDepth,
+) -> anyhow::Result<Vec<u8>> {
     let (_, _, h, w) = out.image.dims4()?;
     let (w, h) = (w as u32, h as u32);
     let size_err = || anyhow::anyhow!("decoded image buffer does not match {w}x{h}");
@@ -153,7 +186,10 @@ pub fn encode_result(out: &EditOutput, prompt: &str, model: &str, format: Output
         ("steps".to_string(), out.steps.to_string()),
         ("true_cfg_scale".to_string(), out.true_cfg_scale.to_string()),
         ("model".to_string(), model.to_string()),
-        ("software".to_string(), format!("qwen-edit {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "software".to_string(),
+            format!("qwen-edit {}", env!("CARGO_PKG_VERSION")),
+        ),
     ];
     encode_image(&pixels, format, &text)
 }
@@ -161,7 +197,11 @@ pub fn encode_result(out: &EditOutput, prompt: &str, model: &str, format: Output
 /// `<stem of the first input>-edited.png` for file inputs, else `edited.png`.
 pub fn default_output_name(first: &str) -> PathBuf {
     let p = Path::new(first);
-    let stem = if p.is_file() { p.file_stem().and_then(|s| s.to_str()) } else { None };
+    let stem = if p.is_file() {
+        p.file_stem().and_then(|s| s.to_str())
+    } else {
+        None
+    };
     PathBuf::from(match stem {
         Some(s) => format!("{s}-edited.png"),
         None => "edited.png".to_string(),
@@ -172,7 +212,10 @@ pub fn default_output_name(first: &str) -> PathBuf {
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     h.write_u128(now);
     h.finish() >> 11
 }

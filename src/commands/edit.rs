@@ -41,7 +41,11 @@ pub fn run(args: EditArgs, printer: Printer) -> anyhow::Result<u8> {
     if path.is_none() && args.json {
         return Err(UserError::bad_input("--json and `-o -` both want stdout: write the image to a file").into());
     }
-    let bit_depth = if args.bit_depth == "16" { BitDepth::Sixteen } else { BitDepth::Eight };
+    let bit_depth = if args.bit_depth == "16" {
+        BitDepth::Sixteen
+    } else {
+        BitDepth::Eight
+    };
     let target = OutputTarget::new(path, args.format, bit_depth, args.overwrite, args.mkdir)?;
     DeviceSpec::parse(&args.model.device)?;
     let mut stdin = std::io::stdin().lock();
@@ -77,7 +81,13 @@ pub fn run(args: EditArgs, printer: Printer) -> anyhow::Result<u8> {
     target.write(&out, &prompt, &model.name, args.overwrite, args.mkdir)?;
     let write_s = t_write.elapsed().as_secs_f64();
     if let Some(path) = &target.path {
-        printer.status(format!("wrote {} ({}x{}, {} steps, seed {seed})", path.display(), out.width, out.height, out.steps));
+        printer.status(format!(
+            "wrote {} ({}x{}, {} steps, seed {seed})",
+            path.display(),
+            out.width,
+            out.height,
+            out.steps
+        ));
     }
     if args.json {
         let summary = serde_json::json!({
@@ -110,7 +120,9 @@ pub fn run(args: EditArgs, printer: Printer) -> anyhow::Result<u8> {
 fn read_prompt_file(file: &Path) -> anyhow::Result<String> {
     let text = if file.as_os_str() == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the prompt from stdin")?;
         s
     } else {
         std::fs::read_to_string(file)

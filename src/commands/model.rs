@@ -21,7 +21,9 @@ pub fn resolve(args: &ModelArgs, printer: &Printer) -> anyhow::Result<ModelFolde
             "`{}` is neither a model folder nor a hub repo id (org/name)",
             args.model
         ))
-        .with_hint("pass a folder in the diffusers layout, a repo id like Qwen/Qwen-Image-Edit-2511, or `edit`/`2509`/`2511`")
+        .with_hint(
+            "pass a folder in the diffusers layout, a repo id like Qwen/Qwen-Image-Edit-2511, or `edit`/`2509`/`2511`",
+        )
         .into());
     }
     let cache = hub::cache_dir(args.cache_dir.as_deref());
@@ -30,7 +32,13 @@ pub fn resolve(args: &ModelArgs, printer: &Printer) -> anyhow::Result<ModelFolde
     ModelFolder::open(&snapshot)
 }
 
-fn ensure_snapshot(repo: &str, revision: &str, cache: &Path, offline: bool, printer: &Printer) -> anyhow::Result<std::path::PathBuf> {
+fn ensure_snapshot(
+    repo: &str,
+    revision: &str,
+    cache: &Path,
+    offline: bool,
+    printer: &Printer,
+) -> anyhow::Result<std::path::PathBuf> {
     let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
     hub::ensure_model(repo, revision, cache, offline, token.as_deref(), printer)
 }

@@ -53,8 +53,7 @@ impl Default for DecodeLimits {
 }
 
 const SUPPORTED: &str = "PNG, JPEG, WebP, BMP, TIFF or GIF";
-const DAMAGED: &str =
-    "the file may be damaged or incompletely downloaded; fetch or export it again";
+const DAMAGED: &str = "the file may be damaged or incompletely downloaded; fetch or export it again";
 
 fn bad(message: impl Into<String>) -> anyhow::Error {
     UserError::bad_input(message).into()
@@ -152,10 +151,7 @@ fn detect_format(bytes: &[u8], label: &str) -> anyhow::Result<ImageFormat> {
             | ImageFormat::Bmp),
         ) => Ok(f),
         Ok(other) => Err(bad_hint(
-            format!(
-                "`{label}` is {}, which is not supported",
-                format_name(other)
-            ),
+            format!("`{label}` is {}, which is not supported", format_name(other)),
             format!("convert it to {SUPPORTED}"),
         )),
         Err(_) => Err(not_an_image(bytes, label)),
@@ -173,11 +169,7 @@ fn not_an_image(bytes: &[u8], label: &str) -> anyhow::Error {
         Some(t) => {
             let trimmed = t.trim_start();
             let lower = trimmed.to_ascii_lowercase();
-            let snippet: String = trimmed
-                .chars()
-                .take(40)
-                .collect::<String>()
-                .replace('\n', " ");
+            let snippet: String = trimmed.chars().take(40).collect::<String>().replace('\n', " ");
             if lower.starts_with("<!doctype html") || lower.starts_with("<html") {
                 bad_hint(
                     format!("`{label}` is an HTML page, not an image"),
@@ -205,11 +197,7 @@ fn not_an_image(bytes: &[u8], label: &str) -> anyhow::Error {
 
 /// The dimensions a file declares, read with the dimension limits lifted (headers only; the
 /// allocation limit stays).
-fn declared_dimensions(
-    bytes: &[u8],
-    format: ImageFormat,
-    limits: &DecodeLimits,
-) -> Option<(u32, u32)> {
+fn declared_dimensions(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Option<(u32, u32)> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut l = image::Limits::default();
     l.max_alloc = Some(limits.max_alloc);
@@ -281,8 +269,7 @@ fn png_is_gray16(bytes: &[u8]) -> bool {
 
 fn to_rgb_like_pil(img: DynamicImage, clamp_gray16: bool, label: &str) -> anyhow::Result<RgbImage> {
     let (w, h) = (img.width(), img.height());
-    let from_fn =
-        |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
+    let from_fn = |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
     let hi = |v: u16| (v >> 8) as u8;
     let clip = |v: u16| v.min(255) as u8;
     Ok(match img {
@@ -323,9 +310,7 @@ struct GifFirstFrame {
 
 /// Walks a GIF's blocks up to the first image descriptor.
 fn parse_gif_first_frame(b: &[u8]) -> Option<GifFirstFrame> {
-    let u16_at = |i: usize| -> Option<u32> {
-        Some(u32::from(u16::from_le_bytes([*b.get(i)?, *b.get(i + 1)?])))
-    };
+    let u16_at = |i: usize| -> Option<u32> { Some(u32::from(u16::from_le_bytes([*b.get(i)?, *b.get(i + 1)?]))) };
     let flags = *b.get(10)?;
     let mut pos = 13;
     let mut global: Option<&[u8]> = None;
@@ -363,9 +348,7 @@ fn parse_gif_first_frame(b: &[u8]) -> Option<GifFirstFrame> {
                     global.unwrap_or(&[])
                 };
                 let idx = usize::from(transparent.unwrap_or(0)) * 3;
-                let fill = palette
-                    .get(idx..idx + 3)
-                    .map_or([0, 0, 0], |c| [c[0], c[1], c[2]]);
+                let fill = palette.get(idx..idx + 3).map_or([0, 0, 0], |c| [c[0], c[1], c[2]]);
                 return Some(GifFirstFrame {
                     left,
                     top,
@@ -383,10 +366,7 @@ fn fill_outside_first_gif_frame(bytes: &[u8], rgb: &mut RgbImage) {
     let Some(f) = parse_gif_first_frame(bytes) else {
         return;
     };
-    let (x1, y1) = (
-        f.left.saturating_add(f.width),
-        f.top.saturating_add(f.height),
-    );
+    let (x1, y1) = (f.left.saturating_add(f.width), f.top.saturating_add(f.height));
     if f.left == 0 && f.top == 0 && x1 >= rgb.width() && y1 >= rgb.height() {
         return;
     }

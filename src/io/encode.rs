@@ -146,10 +146,7 @@ impl OutputFormat {
     pub fn check_bit_depth(self, depth: BitDepth) -> anyhow::Result<()> {
         if depth == BitDepth::Sixteen && !self.supports_16bit() {
             return Err(bad_hint(
-                format!(
-                    "{} output is 8-bit only; 16-bit needs PNG or TIFF",
-                    self.name()
-                ),
+                format!("{} output is 8-bit only; 16-bit needs PNG or TIFF", self.name()),
                 "use --bit-depth 8, or an output name ending in .png or .tif",
             ));
         }
@@ -165,11 +162,7 @@ impl std::str::FromStr for OutputFormat {
 }
 
 /// Encodes `px` as `format`; `text` (key, value) pairs become PNG text chunks.
-pub fn encode_image(
-    px: &OutputPixels,
-    format: OutputFormat,
-    text: &[(String, String)],
-) -> anyhow::Result<Vec<u8>> {
+pub fn encode_image(px: &OutputPixels, format: OutputFormat, text: &[(String, String)]) -> anyhow::Result<Vec<u8>> {
     format.check_bit_depth(px.bit_depth())?;
     let (w, h) = px.dimensions();
     if w == 0 || h == 0 {
@@ -220,11 +213,7 @@ fn is_latin1(s: &str) -> bool {
     s.chars().all(|c| (c as u32) < 256)
 }
 
-fn encode_png(
-    px: &OutputPixels,
-    text: &[(String, String)],
-    out: &mut Vec<u8>,
-) -> anyhow::Result<()> {
+fn encode_png(px: &OutputPixels, text: &[(String, String)], out: &mut Vec<u8>) -> anyhow::Result<()> {
     let (w, h) = px.dimensions();
     let mut encoder = png::Encoder::new(&mut *out, w, h);
     encoder.set_color(png::ColorType::Rgb);
@@ -292,19 +281,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool, mkdir: bool) -> 
                     "create it, or pass --mkdir",
                 ));
             }
-            std::fs::create_dir_all(&parent).map_err(|e| {
-                bad(format!(
-                    "cannot create the folder `{}`: {e}",
-                    parent.display()
-                ))
-            })?;
+            std::fs::create_dir_all(&parent)
+                .map_err(|e| bad(format!("cannot create the folder `{}`: {e}", parent.display())))?;
         }
-        Err(e) => {
-            return Err(bad(format!(
-                "cannot write `{label}`: `{}`: {e}",
-                parent.display()
-            )))
-        }
+        Err(e) => return Err(bad(format!("cannot write `{label}`: `{}`: {e}", parent.display()))),
     }
     let existing = std::fs::symlink_metadata(path).ok();
     if let Some(m) = &existing {
@@ -338,11 +318,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool, mkdir: bool) -> 
         if !overwrite && err.kind() == std::io::ErrorKind::AlreadyExists {
             return Err(exists_error(&label));
         }
-        return Err(io_error(
-            &label,
-            "move the finished file into place at",
-            err,
-        ));
+        return Err(io_error(&label, "move the finished file into place at", err));
     }
     // Make the rename itself durable; failing to sync a folder is not worth failing the run.
     if let Ok(dir) = std::fs::File::open(&parent) {

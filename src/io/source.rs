@@ -161,17 +161,11 @@ pub fn read_sources<S: AsRef<str>>(
     stdin: &mut dyn Read,
 ) -> anyhow::Result<Vec<InputBytes>> {
     check_stdin_once(args)?;
-    args.iter()
-        .map(|a| read_source(a.as_ref(), opts, stdin))
-        .collect()
+    args.iter().map(|a| read_source(a.as_ref(), opts, stdin)).collect()
 }
 
 /// Resolves one image argument to its bytes (see the module doc for the order).
-pub fn read_source(
-    arg: &str,
-    opts: &FetchOptions,
-    stdin: &mut dyn Read,
-) -> anyhow::Result<InputBytes> {
+pub fn read_source(arg: &str, opts: &FetchOptions, stdin: &mut dyn Read) -> anyhow::Result<InputBytes> {
     if arg.is_empty() {
         return Err(bad("an image argument is empty"));
     }
@@ -222,13 +216,11 @@ fn not_any_form(arg: &str) -> anyhow::Error {
 
 fn read_stdin(opts: &FetchOptions, stdin: &mut dyn Read) -> anyhow::Result<InputBytes> {
     if !opts.allow_stdin {
-        return Err(bad(
-            "reading an image from stdin (`-`) is not available here",
-        ));
+        return Err(bad("reading an image from stdin (`-`) is not available here"));
     }
     let label = "stdin".to_string();
-    let bytes = read_bounded(stdin, opts.max_bytes)
-        .map_err(|e| bad(format!("cannot read the image from stdin: {e}")))?;
+    let bytes =
+        read_bounded(stdin, opts.max_bytes).map_err(|e| bad(format!("cannot read the image from stdin: {e}")))?;
     let Some(bytes) = bytes else {
         return Err(too_large(&label, opts.max_bytes));
     };
@@ -258,10 +250,7 @@ fn read_bounded(r: &mut dyn Read, max: u64) -> std::io::Result<Option<Vec<u8>>> 
 
 fn too_large(label: &str, max: u64) -> anyhow::Error {
     bad_hint(
-        format!(
-            "`{label}` is larger than the input limit of {}",
-            human_bytes(max)
-        ),
+        format!("`{label}` is larger than the input limit of {}", human_bytes(max)),
         "use a smaller image",
     )
 }
@@ -283,16 +272,13 @@ fn human_bytes(n: u64) -> String {
 fn read_path(path: &Path, opts: &FetchOptions) -> anyhow::Result<InputBytes> {
     let label = path.display().to_string();
     let resolved = std::fs::canonicalize(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => bad(format!(
-            "`{label}` is a symlink to a file that does not exist"
-        )),
+        std::io::ErrorKind::NotFound => bad(format!("`{label}` is a symlink to a file that does not exist")),
         _ => bad(format!("cannot resolve `{label}`: {e}")),
     })?;
     if let Some(roots) = &opts.allowed_roots {
         check_inside_roots(&label, &resolved, roots)?;
     }
-    let meta =
-        std::fs::metadata(&resolved).map_err(|e| bad(format!("cannot read `{label}`: {e}")))?;
+    let meta = std::fs::metadata(&resolved).map_err(|e| bad(format!("cannot read `{label}`: {e}")))?;
     if meta.is_dir() {
         return Err(bad_hint(
             format!("`{label}` is a directory, not an image file"),
@@ -332,10 +318,7 @@ fn check_inside_roots(label: &str, resolved: &Path, roots: &[PathBuf]) -> anyhow
     let inside = roots.iter().any(|root| match std::fs::canonicalize(root) {
         Ok(root) => resolved.starts_with(&root),
         Err(e) => {
-            tracing::warn!(
-                "allowed input folder `{}` cannot be resolved: {e}",
-                root.display()
-            );
+            tracing::warn!("allowed input folder `{}` cannot be resolved: {e}", root.display());
             false
         }
     });
@@ -395,8 +378,7 @@ fn base64_compact(s: &str) -> Result<(Vec<u8>, bool), String> {
 
 /// Strict base64 decoding with the size limit applied before decoding.
 fn decode_base64(s: &str, max_bytes: u64, label: &str) -> anyhow::Result<Vec<u8>> {
-    let (compact, url_safe) =
-        base64_compact(s).map_err(|why| bad(format!("`{label}` is not valid base64: {why}")))?;
+    let (compact, url_safe) = base64_compact(s).map_err(|why| bad(format!("`{label}` is not valid base64: {why}")))?;
     if compact.is_empty() {
         return Err(bad(format!("`{label}` is empty")));
     }
@@ -439,10 +421,7 @@ fn looks_like_image_base64(arg: &str) -> bool {
         return false;
     }
     // Check the whole payload's syntax cheaply: '=' only at the end, at most two of them.
-    let body_end = compact
-        .iter()
-        .rposition(|&c| c != b'=')
-        .map_or(0, |p| p + 1);
+    let body_end = compact.iter().rposition(|&c| c != b'=').map_or(0, |p| p + 1);
     if compact.len() - body_end > 2 || compact[..body_end].contains(&b'=') {
         return false;
     }
@@ -478,11 +457,7 @@ fn read_data_uri(arg: &str, opts: &FetchOptions) -> anyhow::Result<InputBytes> {
     let params: Vec<&str> = parts.collect();
     let label = format!(
         "data:{} URI ({} chars)",
-        if mime.is_empty() {
-            "(no type)"
-        } else {
-            mime.as_str()
-        },
+        if mime.is_empty() { "(no type)" } else { mime.as_str() },
         arg.len()
     );
     if !mime.starts_with("image/") || mime.len() == "image/".len() {
@@ -498,10 +473,7 @@ fn read_data_uri(arg: &str, opts: &FetchOptions) -> anyhow::Result<InputBytes> {
             "use a URI of the form `data:image/png;base64,…`",
         ));
     }
-    if !params
-        .last()
-        .is_some_and(|p| p.trim().eq_ignore_ascii_case("base64"))
-    {
+    if !params.last().is_some_and(|p| p.trim().eq_ignore_ascii_case("base64")) {
         return Err(bad_hint(
             format!("`{label}` is not base64-encoded (no `;base64` before the `,`)"),
             "use a URI of the form `data:image/png;base64,…`",
@@ -542,9 +514,6 @@ mod tests {
         assert!(e.decode("QUJ=").is_err(), "non-zero trailing bits");
         assert!(base64_compact("ab+-").is_err());
         assert!(base64_compact("ab*c").is_err());
-        assert_eq!(
-            base64_compact("QU\nJD").map(|(c, _)| c).ok(),
-            Some(b"QUJD".to_vec())
-        );
+        assert_eq!(base64_compact("QU\nJD").map(|(c, _)| c).ok(), Some(b"QUJD".to_vec()));
     }
 }

@@ -90,13 +90,25 @@ impl EditPipeline {
     /// Loads every component of `folder` onto `device` in `dtype`.
     pub fn load(folder: &ModelFolder, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         let scheduler = SchedulerConfig::from_dir(&folder.component("scheduler"))?;
-        let text_encoder =
-            PromptEncoder::load(&folder.component("text_encoder"), &folder.component("processor"), dtype, device)
-                .context("loading the text encoder")?;
+        let text_encoder = PromptEncoder::load(
+            &folder.component("text_encoder"),
+            &folder.component("processor"),
+            dtype,
+            device,
+        )
+        .context("loading the text encoder")?;
         let transformer = QwenImageTransformer2DModel::load(&folder.component("transformer"), dtype, device)
             .context("loading the transformer")?;
         let vae = AutoencoderKLQwenImage::load(&folder.component("vae"), dtype, device).context("loading the VAE")?;
-        Ok(Self { kind: folder.kind, transformer, vae, text_encoder, scheduler, device: device.clone(), dtype })
+        Ok(Self {
+            kind: folder.kind,
+            transformer,
+            vae,
+            text_encoder,
+            scheduler,
+            device: device.clone(),
+            dtype,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -149,7 +161,10 @@ impl EditPipeline {
         let width = req.width.unwrap_or(calc_w) / multiple_of * multiple_of;
         let height = req.height.unwrap_or(calc_h) / multiple_of * multiple_of;
         if width == 0 || height == 0 {
-            return Err(UserError::bad_input(format!("output size {width}x{height} is too small (minimum {multiple_of})")).into());
+            return Err(UserError::bad_input(format!(
+                "output size {width}x{height} is too small (minimum {multiple_of})"
+            ))
+            .into());
         }
 
         // 2. Images: condition images for the VL encoder and ~1 MP images for the VAE.
@@ -171,7 +186,10 @@ impl EditPipeline {
 
         // 3. Prompt embeddings (the negative prompt sees the same images).
         let true_cfg_scale = req.true_cfg_scale.unwrap_or(DEFAULT_TRUE_CFG_SCALE);
-        let negative = req.negative_prompt.clone().unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string());
+        let negative = req
+            .negative_prompt
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string());
         let do_cfg = true_cfg_scale > 1.0;
         let t0 = Instant::now();
         let encode = |prompt: &str| -> anyhow::Result<PromptEmbeds> {
@@ -181,7 +199,11 @@ impl EditPipeline {
             })
         };
         let cond = encode(&req.prompt).context("encoding the prompt")?;
-        let uncond = if do_cfg { Some(encode(&negative).context("encoding the negative prompt")?) } else { None };
+        let uncond = if do_cfg {
+            Some(encode(&negative).context("encoding the negative prompt")?)
+        } else {
+            None
+        };
         timings.encode_prompt = t0.elapsed().as_secs_f64();
 
         // 4. Latents: seeded noise (as torch.randn on a CPU generator) and the packed image latents.
@@ -218,7 +240,9 @@ impl EditPipeline {
             let x_in = Tensor::cat(&[&latents, &image_latents], 1)?;
             let timestep = Tensor::new(&[model_timestep(t, self.dtype)], &self.device)?.to_dtype(self.dtype)?;
             let forward = |emb: &PromptEmbeds| -> anyhow::Result<Tensor> {
-                let out = self.transformer.forward(&x_in, &emb.embeds, emb.mask.as_ref(), &timestep, &img_shapes)?;
+                let out = self
+                    .transformer
+                    .forward(&x_in, &emb.embeds, emb.mask.as_ref(), &timestep, &img_shapes)?;
                 Ok(out.narrow(1, 0, n_out)?)
             };
             let mut pred = forward(&cond)?;
@@ -283,7 +307,10 @@ pub fn cfg_combine(cond: &Tensor, neg: &Tensor, scale: f64) -> candle_core::Resu
 fn check_finite(latents: &Tensor, step: usize) -> anyhow::Result<()> {
     let s = latents.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
     if !s.is_finite() {
-        anyhow::bail!("the latents became NaN/inf at step {} (numerical failure in the model)", step + 1);
+        anyhow::bail!(
+            "the latents became NaN/inf at step {} (numerical failure in the model)",
+            step + 1
+        );
     }
     Ok(())
 }

@@ -14,10 +14,7 @@ pub(super) fn url_label(url: &str) -> String {
     let (main, tail) = rest.split_at(cut);
     let (authority, path) = main.split_at(main.find('/').unwrap_or(main.len()));
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    format!(
-        "{scheme}://{host}{path}{}",
-        if tail.is_empty() { "" } else { "?…" }
-    )
+    format!("{scheme}://{host}{path}{}", if tail.is_empty() { "" } else { "?…" })
 }
 
 /// Where a redirect's `Location` points, resolved against `current`; refuses schemes other than
@@ -28,8 +25,7 @@ fn resolve_location(current: &str, location: &str) -> Result<String, String> {
         let s = &location[..i];
         !s.is_empty()
             && s.starts_with(|c: char| c.is_ascii_alphabetic())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
     });
     if let Some(i) = scheme_end {
         let scheme = location[..i].to_ascii_lowercase();
@@ -48,9 +44,7 @@ fn resolve_location(current: &str, location: &str) -> Result<String, String> {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let origin = format!("{scheme}://{}", &rest[..authority_end]);
     let path_and_query = &rest[authority_end..];
-    let path = &path_and_query[..path_and_query
-        .find(['?', '#'])
-        .unwrap_or(path_and_query.len())];
+    let path = &path_and_query[..path_and_query.find(['?', '#']).unwrap_or(path_and_query.len())];
     if location.starts_with('/') {
         Ok(format!("{origin}{location}"))
     } else if location.starts_with('?') {
@@ -124,12 +118,7 @@ pub(super) fn download(url: &str, label: &str, opts: &FetchOptions) -> anyhow::R
     }
 }
 
-fn attempt_with_retries(
-    agent: &ureq::Agent,
-    url: &str,
-    label: &str,
-    opts: &FetchOptions,
-) -> anyhow::Result<Attempt> {
+fn attempt_with_retries(agent: &ureq::Agent, url: &str, label: &str, opts: &FetchOptions) -> anyhow::Result<Attempt> {
     let mut tries = 0u32;
     loop {
         match attempt(agent, url, label, opts) {
@@ -149,8 +138,7 @@ fn attempt_with_retries(
             }
             Err(f) => {
                 return Err(if f.retry && opts.retries > 0 {
-                    f.error
-                        .context(format!("gave up after {} attempts", opts.retries + 1))
+                    f.error.context(format!("gave up after {} attempts", opts.retries + 1))
                 } else {
                     f.error
                 })
@@ -160,26 +148,15 @@ fn attempt_with_retries(
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-    )
+    matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
 }
 
-fn attempt(
-    agent: &ureq::Agent,
-    url: &str,
-    label: &str,
-    opts: &FetchOptions,
-) -> Result<Attempt, Failure> {
+fn attempt(agent: &ureq::Agent, url: &str, label: &str, opts: &FetchOptions) -> Result<Attempt, Failure> {
     let started = Instant::now();
     let response = match agent.get(url).call() {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => {
-            let msg = format!(
-                "downloading `{label}` failed: HTTP {code} {}",
-                r.status_text()
-            );
+            let msg = format!("downloading `{label}` failed: HTTP {code} {}", r.status_text());
             return Err(if code == 429 || code >= 500 {
                 let retry_after = r
                     .header("Retry-After")
@@ -196,28 +173,19 @@ fn attempt(
             });
         }
         Err(ureq::Error::Transport(t)) => {
-            let retry = matches!(
-                t.kind(),
-                ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io
-            );
+            let retry = matches!(t.kind(), ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io);
             let what = match t.kind() {
                 ureq::ErrorKind::Dns => "the host name does not resolve".to_string(),
                 ureq::ErrorKind::ConnectionFailed => match std::error::Error::source(&t) {
                     Some(cause) => format!("cannot connect: {cause}"),
-                    None => format!(
-                        "cannot connect: {}",
-                        t.message().unwrap_or("connection failed")
-                    ),
+                    None => format!("cannot connect: {}", t.message().unwrap_or("connection failed")),
                 },
                 ureq::ErrorKind::Io
                     if std::error::Error::source(&t)
                         .and_then(|s| s.downcast_ref::<std::io::Error>())
                         .is_some_and(is_timeout) =>
                 {
-                    format!(
-                        "timed out after {:.1} s without data",
-                        opts.read_timeout.as_secs_f64()
-                    )
+                    format!("timed out after {:.1} s without data", opts.read_timeout.as_secs_f64())
                 }
                 _ => t.to_string(),
             };
@@ -244,14 +212,12 @@ fn attempt(
                 "downloading `{label}` failed: unexpected HTTP {status}"
             ))));
         }
-        return resolve_location(url, location)
-            .map(Attempt::Redirect)
-            .map_err(|why| {
-                Failure::fatal(bad_hint(
-                    format!("downloading `{label}` failed: it redirects to {why}"),
-                    "only http:// and https:// addresses are followed",
-                ))
-            });
+        return resolve_location(url, location).map(Attempt::Redirect).map_err(|why| {
+            Failure::fatal(bad_hint(
+                format!("downloading `{label}` failed: it redirects to {why}"),
+                "only http:// and https:// addresses are followed",
+            ))
+        });
     }
     if let Some(len) = response
         .header("Content-Length")
@@ -264,12 +230,7 @@ fn attempt(
     read_body(response.into_reader(), label, opts, started)
 }
 
-fn read_body(
-    reader: impl Read,
-    label: &str,
-    opts: &FetchOptions,
-    started: Instant,
-) -> Result<Attempt, Failure> {
+fn read_body(reader: impl Read, label: &str, opts: &FetchOptions, started: Instant) -> Result<Attempt, Failure> {
     let mut body = Vec::new();
     let mut limited = reader.take(opts.max_bytes.saturating_add(1));
     let mut chunk = vec![0u8; 64 * 1024];
@@ -286,10 +247,7 @@ fn read_body(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 let what = if is_timeout(&e) {
-                    format!(
-                        "timed out after {:.1} s without data",
-                        opts.read_timeout.as_secs_f64()
-                    )
+                    format!("timed out after {:.1} s without data", opts.read_timeout.as_secs_f64())
                 } else {
                     e.to_string()
                 };
@@ -304,9 +262,7 @@ fn read_body(
         }
     }
     if body.is_empty() {
-        return Err(Failure::fatal(bad(format!(
-            "`{label}` returned an empty body"
-        ))));
+        return Err(Failure::fatal(bad(format!("`{label}` returned an empty body"))));
     }
     Ok(Attempt::Body(body))
 }
@@ -317,10 +273,7 @@ mod tests {
 
     #[test]
     fn url_labels_drop_secrets() {
-        assert_eq!(
-            url_label("https://u:p@host/a/b.png?sig=1"),
-            "https://host/a/b.png?…"
-        );
+        assert_eq!(url_label("https://u:p@host/a/b.png?sig=1"), "https://host/a/b.png?…");
         assert_eq!(url_label("http://host"), "http://host");
     }
 
@@ -328,19 +281,10 @@ mod tests {
     fn locations_resolve() {
         let cur = "http://h:1/a/b.png?x=1";
         assert_eq!(resolve_location(cur, "/c").as_deref(), Ok("http://h:1/c"));
-        assert_eq!(
-            resolve_location(cur, "c.png").as_deref(),
-            Ok("http://h:1/a/c.png")
-        );
-        assert_eq!(
-            resolve_location(cur, "?y=2").as_deref(),
-            Ok("http://h:1/a/b.png?y=2")
-        );
+        assert_eq!(resolve_location(cur, "c.png").as_deref(), Ok("http://h:1/a/c.png"));
+        assert_eq!(resolve_location(cur, "?y=2").as_deref(), Ok("http://h:1/a/b.png?y=2"));
         assert_eq!(resolve_location(cur, "//g/x").as_deref(), Ok("http://g/x"));
-        assert_eq!(
-            resolve_location(cur, "HTTPS://g/x").as_deref(),
-            Ok("HTTPS://g/x")
-        );
+        assert_eq!(resolve_location(cur, "HTTPS://g/x").as_deref(), Ok("HTTPS://g/x"));
         assert!(resolve_location(cur, "file:///etc/passwd").is_err());
         assert!(resolve_location(cur, "javascript:alert(1)").is_err());
     }
