@@ -33,6 +33,8 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             [CompletionResult]::new('edit', 'edit', [CompletionResultType]::ParameterValue, 'Edit one to three images following a text instruction')
             [CompletionResult]::new('doctor', 'doctor', [CompletionResultType]::ParameterValue, 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models')
             [CompletionResult]::new('fetch-models', 'fetch-models', [CompletionResultType]::ParameterValue, 'Download model weights from the Hugging Face Hub into the standard hub cache')
+            [CompletionResult]::new('batch', 'batch', [CompletionResultType]::ParameterValue, 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out')
+            [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Time the full-size networks with random weights on a device (for comparing hardware)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -107,6 +109,49 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'qwen-edit;batch' {
+            [CompletionResult]::new('--model', '--model', [CompletionResultType]::ParameterName, 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout')
+            [CompletionResult]::new('--revision', '--revision', [CompletionResultType]::ParameterName, 'Hub revision (branch, tag or commit) of the model')
+            [CompletionResult]::new('--cache-dir', '--cache-dir', [CompletionResultType]::ParameterName, 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)')
+            [CompletionResult]::new('--device', '--device', [CompletionResultType]::ParameterName, 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)')
+            [CompletionResult]::new('--dtype', '--dtype', [CompletionResultType]::ParameterName, 'Compute dtype (default: bf16 on CUDA, f32 on CPU)')
+            [CompletionResult]::new('--output-dir', '--output-dir', [CompletionResultType]::ParameterName, 'Folder for jobs without an `output` path (named `<line index>.png`)')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal')
+            [CompletionResult]::new('--offline', '--offline', [CompletionResultType]::ParameterName, 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)')
+            [CompletionResult]::new('--overwrite', '--overwrite', [CompletionResultType]::ParameterName, 'Replace existing output files')
+            [CompletionResult]::new('--mkdir', '--mkdir', [CompletionResultType]::ParameterName, 'Create missing output folders')
+            [CompletionResult]::new('--vae-tiling', '--vae-tiling', [CompletionResultType]::ParameterName, 'Tiled VAE encode/decode')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr: no progress bars, no summary lines')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr: no progress bars, no summary lines')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'qwen-edit;bench' {
+            [CompletionResult]::new('--component', '--component', [CompletionResultType]::ParameterName, 'Components to time: transformer, vae (default: both)')
+            [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Square image sizes in pixels')
+            [CompletionResult]::new('--refs', '--refs', [CompletionResultType]::ParameterName, 'Reference image counts for the transformer')
+            [CompletionResult]::new('--txt-len', '--txt-len', [CompletionResultType]::ParameterName, 'Text tokens for the transformer')
+            [CompletionResult]::new('--warmup', '--warmup', [CompletionResultType]::ParameterName, 'Untimed runs first')
+            [CompletionResult]::new('--iters', '--iters', [CompletionResultType]::ParameterName, 'Timed runs (the median is reported)')
+            [CompletionResult]::new('--device', '--device', [CompletionResultType]::ParameterName, 'Device: `cuda`, `cuda:N` or `cpu`')
+            [CompletionResult]::new('--dtype', '--dtype', [CompletionResultType]::ParameterName, 'Compute dtype (default: bf16 on CUDA, f32 on CPU)')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON on stdout')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr: no progress bars, no summary lines')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr: no progress bars, no summary lines')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'qwen-edit;completions' {
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars')
@@ -123,6 +168,8 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             [CompletionResult]::new('edit', 'edit', [CompletionResultType]::ParameterValue, 'Edit one to three images following a text instruction')
             [CompletionResult]::new('doctor', 'doctor', [CompletionResultType]::ParameterValue, 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models')
             [CompletionResult]::new('fetch-models', 'fetch-models', [CompletionResultType]::ParameterValue, 'Download model weights from the Hugging Face Hub into the standard hub cache')
+            [CompletionResult]::new('batch', 'batch', [CompletionResultType]::ParameterValue, 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out')
+            [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Time the full-size networks with random weights on a device (for comparing hardware)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -134,6 +181,12 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             break
         }
         'qwen-edit;help;fetch-models' {
+            break
+        }
+        'qwen-edit;help;batch' {
+            break
+        }
+        'qwen-edit;help;bench' {
             break
         }
         'qwen-edit;help;completions' {

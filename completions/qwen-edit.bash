@@ -16,6 +16,12 @@ _qwen__edit() {
             ",$1")
                 cmd="qwen__edit"
                 ;;
+            qwen__edit,batch)
+                cmd="qwen__edit__subcmd__batch"
+                ;;
+            qwen__edit,bench)
+                cmd="qwen__edit__subcmd__bench"
+                ;;
             qwen__edit,completions)
                 cmd="qwen__edit__subcmd__completions"
                 ;;
@@ -30,6 +36,12 @@ _qwen__edit() {
                 ;;
             qwen__edit,help)
                 cmd="qwen__edit__subcmd__help"
+                ;;
+            qwen__edit__subcmd__help,batch)
+                cmd="qwen__edit__subcmd__help__subcmd__batch"
+                ;;
+            qwen__edit__subcmd__help,bench)
+                cmd="qwen__edit__subcmd__help__subcmd__bench"
                 ;;
             qwen__edit__subcmd__help,completions)
                 cmd="qwen__edit__subcmd__help__subcmd__completions"
@@ -53,12 +65,104 @@ _qwen__edit() {
 
     case "${cmd}" in
         qwen__edit)
-            opts="-v -q -h -V --verbose --quiet --color --help --version edit doctor fetch-models completions help"
+            opts="-v -q -h -V --verbose --quiet --color --help --version edit doctor fetch-models batch bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        qwen__subcmd__edit__subcmd__batch)
+            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --output-dir --overwrite --mkdir --vae-tiling --verbose --quiet --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --model)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cache-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dtype)
+                    COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
+                    return 0
+                    ;;
+                --output-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        qwen__subcmd__edit__subcmd__bench)
+            opts="-v -q -h -V --component --size --refs --txt-len --warmup --iters --device --dtype --json --verbose --quiet --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --component)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --refs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --txt-len)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --warmup)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --iters)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dtype)
+                    COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
+                    return 0
+                    ;;
                 --color)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
@@ -243,8 +347,36 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__help)
-            opts="edit doctor fetch-models completions help"
+            opts="edit doctor fetch-models batch bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        qwen__subcmd__edit__subcmd__help__subcmd__batch)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        qwen__subcmd__edit__subcmd__help__subcmd__bench)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

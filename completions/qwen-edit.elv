@@ -30,6 +30,8 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
             cand edit 'Edit one to three images following a text instruction'
             cand doctor 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
             cand fetch-models 'Download model weights from the Hugging Face Hub into the standard hub cache'
+            cand batch 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out'
+            cand bench 'Time the full-size networks with random weights on a device (for comparing hardware)'
             cand completions 'Print a shell completion script to stdout'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -100,6 +102,47 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'qwen-edit;batch'= {
+            cand --model 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout'
+            cand --revision 'Hub revision (branch, tag or commit) of the model'
+            cand --cache-dir 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)'
+            cand --device 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)'
+            cand --dtype 'Compute dtype (default: bf16 on CUDA, f32 on CPU)'
+            cand --output-dir 'Folder for jobs without an `output` path (named `<line index>.png`)'
+            cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
+            cand --offline 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)'
+            cand --overwrite 'Replace existing output files'
+            cand --mkdir 'Create missing output folders'
+            cand --vae-tiling 'Tiled VAE encode/decode'
+            cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand --verbose 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand -q 'Only errors on stderr: no progress bars, no summary lines'
+            cand --quiet 'Only errors on stderr: no progress bars, no summary lines'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'qwen-edit;bench'= {
+            cand --component 'Components to time: transformer, vae (default: both)'
+            cand --size 'Square image sizes in pixels'
+            cand --refs 'Reference image counts for the transformer'
+            cand --txt-len 'Text tokens for the transformer'
+            cand --warmup 'Untimed runs first'
+            cand --iters 'Timed runs (the median is reported)'
+            cand --device 'Device: `cuda`, `cuda:N` or `cpu`'
+            cand --dtype 'Compute dtype (default: bf16 on CUDA, f32 on CPU)'
+            cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
+            cand --json 'Print JSON on stdout'
+            cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand --verbose 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand -q 'Only errors on stderr: no progress bars, no summary lines'
+            cand --quiet 'Only errors on stderr: no progress bars, no summary lines'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'qwen-edit;completions'= {
             cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
             cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
@@ -115,6 +158,8 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
             cand edit 'Edit one to three images following a text instruction'
             cand doctor 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
             cand fetch-models 'Download model weights from the Hugging Face Hub into the standard hub cache'
+            cand batch 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out'
+            cand bench 'Time the full-size networks with random weights on a device (for comparing hardware)'
             cand completions 'Print a shell completion script to stdout'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -123,6 +168,10 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
         &'qwen-edit;help;doctor'= {
         }
         &'qwen-edit;help;fetch-models'= {
+        }
+        &'qwen-edit;help;batch'= {
+        }
+        &'qwen-edit;help;bench'= {
         }
         &'qwen-edit;help;completions'= {
         }

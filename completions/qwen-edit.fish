@@ -34,6 +34,8 @@ complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -s V -l version -d 'Pr
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "edit" -d 'Edit one to three images following a text instruction'
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "doctor" -d 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "fetch-models" -d 'Download model weights from the Hugging Face Hub into the standard hub cache'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "batch" -d 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "bench" -d 'Time the full-size networks with random weights on a device (for comparing hardware)'
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s p -l prompt -d 'The edit instruction' -r
@@ -93,6 +95,41 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s v -
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -s V -l version -d 'Print version'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l model -d 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l revision -d 'Hub revision (branch, tag or commit) of the model' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l cache-dir -d 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l device -d 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l dtype -d 'Compute dtype (default: bf16 on CUDA, f32 on CPU)' -r -f -a "bf16\t''
+f32\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l output-dir -d 'Folder for jobs without an `output` path (named `<line index>.png`)' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l offline -d 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l overwrite -d 'Replace existing output files'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l mkdir -d 'Create missing output folders'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l vae-tiling -d 'Tiled VAE encode/decode'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -s V -l version -d 'Print version'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l component -d 'Components to time: transformer, vae (default: both)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l size -d 'Square image sizes in pixels' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l refs -d 'Reference image counts for the transformer' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l txt-len -d 'Text tokens for the transformer' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l warmup -d 'Untimed runs first' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l iters -d 'Timed runs (the median is reported)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l device -d 'Device: `cuda`, `cuda:N` or `cpu`' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l dtype -d 'Compute dtype (default: bf16 on CUDA, f32 on CPU)' -r -f -a "bf16\t''
+f32\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l json -d 'Print JSON on stdout'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -s V -l version -d 'Print version'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
 always\t''
 never\t''"
@@ -100,8 +137,10 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s v -l
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "edit" -d 'Edit one to three images following a text instruction'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "doctor" -d 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "fetch-models" -d 'Download model weights from the Hugging Face Hub into the standard hub cache'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "edit" -d 'Edit one to three images following a text instruction'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "doctor" -d 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "fetch-models" -d 'Download model weights from the Hugging Face Hub into the standard hub cache'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "batch" -d 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "bench" -d 'Time the full-size networks with random weights on a device (for comparing hardware)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
