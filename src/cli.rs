@@ -84,7 +84,7 @@ pub enum Command {
     ///
     /// Each input line is a job: {"prompt", "image" | "image_url" | "image_base64" | "image_path" |
     /// "images": [...], "output", "negative_prompt", "seed", "steps", "true_cfg_scale", "width",
-    /// "height", "output_format"}. Results go to stdout in input order; a failed job is reported and
+    /// "height", "output_format", "ref_size"}. Results go to stdout in input order; a failed job is reported and
     /// the batch goes on; the exit code is 1 if any job failed.
     #[command(after_long_help = AFTER_HELP)]
     Batch(BatchArgs),
@@ -172,6 +172,11 @@ pub struct EditArgs {
     /// Output height in pixels (floored to a multiple of 16). Default: from the input image.
     #[arg(long, value_parser = clap::value_parser!(u32).range(16..=8192))]
     pub height: Option<u32>,
+
+    /// Resize the reference images to about PX×PX pixels (aspect kept) before encoding them
+    /// (default 1024, as the reference pipelines). Smaller is faster and keeps less of their detail.
+    #[arg(long, value_name = "PX")]
+    pub ref_size: Option<u32>,
 
     #[command(flatten)]
     pub model: ModelArgs,

@@ -46,6 +46,8 @@ pub struct JobInput {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub output_format: Option<String>,
+    /// qwen-edit extension: side of the area the references are resized to (default 1024).
+    pub ref_size: Option<u32>,
     /// Batch mode: where to write the result.
     pub output: Option<PathBuf>,
 }
@@ -62,6 +64,7 @@ pub struct Job {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub output_format: Option<String>,
+    pub ref_size: Option<u32>,
     pub output: Option<PathBuf>,
 }
 
@@ -134,6 +137,7 @@ impl JobInput {
             width: self.width,
             height: self.height,
             output_format: self.output_format,
+            ref_size: self.ref_size,
             output: self.output,
         })
     }

@@ -100,6 +100,7 @@ fn tiny_edit_pipeline_matches_diffusers() {
         seed: 0,
         width: Some(40),
         height: Some(56),
+        ref_size: None,
     };
     // tiny-edit's VAE downsamples 4×: a 56×40 output is a 14×10 latent.
     check_pipeline("tiny-edit", "pipeline_edit.safetensors", req, 14, 10);
@@ -116,6 +117,7 @@ fn tiny_plus_pipeline_with_two_images_matches_diffusers() {
         seed: 7,
         width: Some(48),
         height: Some(64),
+        ref_size: None,
     };
     check_pipeline("tiny-plus", "pipeline_plus.safetensors", req, 8, 6);
 }

@@ -89,6 +89,7 @@ pub fn request_from(job: &Job, images: Vec<RgbImage>) -> EditRequest {
         seed: job.seed.unwrap_or_else(random_seed),
         width: job.width,
         height: job.height,
+        ref_size: job.ref_size,
     }
 }
 

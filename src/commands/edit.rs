@@ -69,6 +69,7 @@ pub fn run(args: EditArgs, printer: Printer) -> anyhow::Result<u8> {
         seed,
         width: args.width,
         height: args.height,
+        ref_size: args.ref_size,
     };
     let mut bar = BarObserver { printer, bar: None };
     let out = model.pipeline.run(&request, &mut bar)?;
