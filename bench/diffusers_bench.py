@@ -6,13 +6,31 @@ Usage (on the GPU machine, diffusers wheel carried in .whl/):
 
 Prints one JSON object: {"card", "torch", "diffusers", "results": [{"name", "ms", "peak_gb"}]}.
 The shapes match `qwen-edit bench` (same names): transformer forward at 1024² with 1 and 2 reference
-images and at 512², VAE encode/decode at 1024².
+images and at 512², VAE encode/decode at 1024², prompt encoding (Qwen2.5-VL called as the pipelines
+call it, with a 392² and a 1008² image). `--save DIR` writes the random transformer there with
+`save_pretrained` (for `--load DIR` here and `qwen-edit bench --load DIR`), `--load DIR` times
+`from_pretrained` of it onto the GPU.
 """
 import argparse
 import json
 import time
 
 import torch
+
+
+# text_encoder/config.json of the Qwen-Image-Edit repos (Qwen2.5-VL-7B-Instruct).
+TEXT_ENCODER_CONFIG = {
+    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+    "num_key_value_heads": 4, "hidden_act": "silu", "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "max_position_embeddings": 128000, "vocab_size": 152064, "tie_word_embeddings": False,
+    "rope_scaling": {"type": "default", "rope_type": "default", "mrope_section": [16, 24, 24]},
+    "bos_token_id": 151643, "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656,
+    "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "in_chans": 3,
+                      "in_channels": 3, "patch_size": 14, "temporal_patch_size": 2, "spatial_merge_size": 2,
+                      "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2,
+                      "out_hidden_size": 3584, "hidden_act": "silu"},
+}
 
 
 def timed(fn, warmup=2, iters=5):
@@ -42,6 +60,8 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--only", default="", help="comma list: transformer,vae")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--save", default="", help="save the random transformer here (save_pretrained)")
+    ap.add_argument("--load", default="", help="time from_pretrained of a transformer folder")
     args = ap.parse_args()
     import diffusers
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
@@ -72,7 +92,47 @@ def main():
                                       return_dict=False), iters=args.iters)
                 results.append({"name": name, "ms": ms, "tokens": s_img + args.txt_len,
                                 "peak_gb": torch.cuda.max_memory_allocated() / 2**30})
+            if args.save:
+                tr.save_pretrained(args.save)
             del tr
+            torch.cuda.empty_cache()
+        if args.load:
+            import os
+            size = sum(os.path.getsize(os.path.join(args.load, f)) for f in os.listdir(args.load)
+                       if f.endswith(".safetensors"))
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            tr = QwenImageTransformer2DModel.from_pretrained(args.load, torch_dtype=dt, device_map="cuda")
+            torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            results.append({"name": "transformer_load", "ms": secs * 1e3, "gb_per_s": size / 1e9 / secs})
+            del tr
+            torch.cuda.empty_cache()
+        if not only or "text_encoder" in only:
+            from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+            cfg = Qwen2_5_VLConfig(**TEXT_ENCODER_CONFIG)
+            torch.set_default_dtype(dt)
+            with torch.device(dev):
+                te = Qwen2_5_VLForConditionalGeneration(cfg)
+            torch.set_default_dtype(torch.float32)
+            randomize(te)
+            te.eval()
+            for name, side in [("prompt_encode_384", 392), ("prompt_encode_1024", 1008)]:
+                g = side // 14
+                n_img = g * g // 4
+                ids = [(i * 7919 + 11) % 150000 for i in range(64)] + [151652] + [151655] * n_img + [151653]
+                ids += [(i * 7919 + 5) % 150000 for i in range(48)]
+                input_ids = torch.tensor([ids], device=dev)
+                mask = torch.ones_like(input_ids)
+                pixels = torch.randn(g * g, 1176, device=dev, dtype=dt)
+                grid = torch.tensor([[1, g, g]], device=dev)
+                torch.cuda.reset_peak_memory_stats()
+                ms = timed(lambda: te(input_ids=input_ids, attention_mask=mask, pixel_values=pixels,
+                                      image_grid_thw=grid, output_hidden_states=True), iters=args.iters)
+                results.append({"name": name, "ms": ms, "tokens": len(ids),
+                                "peak_gb": torch.cuda.max_memory_allocated() / 2**30})
+            del te
             torch.cuda.empty_cache()
         if not only or "vae" in only:
             torch.set_default_dtype(dt)

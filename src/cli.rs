@@ -91,9 +91,11 @@ pub enum Command {
 
     /// Time the full-size networks with random weights on a device (for comparing hardware).
     ///
-    /// Builds the transformer and the VAE at their published sizes with random weights in the
-    /// compute dtype, then times transformer forwards (per size and reference count) and VAE
-    /// encode/decode. `bench/diffusers_bench.py` measures diffusers on the same shapes.
+    /// Builds the transformer, the VAE and the prompt encoder at their published sizes with random
+    /// weights in the compute dtype, then times transformer forwards (per size and reference count),
+    /// VAE encode/decode and prompt encoding (vision tower + language model) for a 384² and a 1024²
+    /// image; `--load DIR` also times loading a transformer checkpoint. `bench/diffusers_bench.py`
+    /// measures diffusers on the same shapes.
     Bench(BenchArgs),
 
     /// Print a shell completion script to stdout.
@@ -285,7 +287,7 @@ pub struct BatchArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Components to time: transformer, vae (default: both).
+    /// Components to time: transformer, vae, text_encoder (default: all three).
     #[arg(long = "component", value_name = "NAME")]
     pub components: Vec<String>,
 
@@ -316,6 +318,10 @@ pub struct BenchArgs {
     /// Compute dtype (default: bf16 on CUDA, f32 on CPU).
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
+
+    /// Also time loading a transformer folder (config.json + safetensors) onto the device.
+    #[arg(long, value_name = "DIR")]
+    pub load: Option<PathBuf>,
 
     /// Print JSON on stdout.
     #[arg(long)]

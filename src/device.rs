@@ -52,6 +52,43 @@ impl DeviceSpec {
     }
 }
 
+/// Turns a CUDA failure (out of memory above all) that reached the edge of the pipeline into a device
+/// error (exit 5) that names the device and its free memory and says what to try. Other errors pass.
+pub fn classify_error(err: anyhow::Error, device: &Device) -> anyhow::Error {
+    let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() else {
+        return err;
+    };
+    if crate::error::user_error(&err).is_some() {
+        return err;
+    }
+    let text = format!("{err:#}");
+    let oom = text.contains("OUT_OF_MEMORY") || text.to_ascii_lowercase().contains("out of memory");
+    if !oom && !text.contains("CUDA_ERROR") && !text.contains("cuBLAS") && !text.contains("CUBLAS") {
+        return err;
+    }
+    let memory = crate::cuda_probe::probe()
+        .ok()
+        .and_then(|p| p.devices.into_iter().nth(gpu_id))
+        .map(|d| {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            match d.free {
+                Some(free) => format!("{:.1} GiB free of {:.1} GiB", gib(free), gib(d.total)),
+                None => format!("{:.1} GiB in all", gib(d.total)),
+            }
+        })
+        .unwrap_or_else(|| "free memory unknown".into());
+    let e = if oom {
+        UserError::device(format!("out of GPU memory on cuda:{gpu_id} ({memory}): {text}")).with_hint(
+            "use a smaller output (--width/--height), smaller references (--ref-size) or fewer of them, \
+             --vae-tiling, or free the GPU (see `nvidia-smi`)",
+        )
+    } else {
+        UserError::device(format!("CUDA failed on cuda:{gpu_id} ({memory}): {text}"))
+            .with_hint("run `qwen-edit doctor`; if the GPU is in a bad state, restart the process")
+    };
+    e.into()
+}
+
 #[cfg(feature = "cuda")]
 fn open_cuda(n: usize) -> anyhow::Result<Device> {
     Device::new_cuda(n).map_err(|e| {

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod cuda_probe;
 pub mod device;
 pub mod docs;
 pub mod error;

@@ -14,6 +14,10 @@ use crate::cli::BenchArgs;
 use crate::device::DeviceSpec;
 use crate::models::presets;
 use crate::models::random::RandomWeights;
+use crate::models::weights;
+use crate::models::text_encoder::text::{rope_index, MultimodalIds, TextModel};
+use crate::models::text_encoder::vision::VisionModel;
+use crate::models::text_encoder::Config as TextEncoderConfig;
 use crate::models::transformer::{QwenImageTransformer2DModel, TransformerConfig};
 use crate::models::vae::{AutoencoderKLQwenImage, VaeConfig};
 use crate::printer::Printer;
@@ -25,6 +29,8 @@ struct BenchResult {
     tokens: Option<usize>,
     build_s: f64,
     finite: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gb_per_s: Option<f64>,
 }
 
 pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
@@ -34,6 +40,28 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
     let components: Vec<String> = args.components.iter().map(|s| s.to_ascii_lowercase()).collect();
     let want = |c: &str| components.is_empty() || components.iter().any(|x| x == c || x == "all");
     let mut results = Vec::new();
+
+    if let Some(dir) = &args.load {
+        let bytes = weights::weight_bytes(std::slice::from_ref(dir));
+        printer.status(format!("loading {} ({:.1} GB)", dir.display(), bytes as f64 / 1e9));
+        let t0 = Instant::now();
+        let model = QwenImageTransformer2DModel::load(dir, dtype, &device)?;
+        sync(&device)?;
+        let secs = t0.elapsed().as_secs_f64();
+        drop(model);
+        results.push(BenchResult {
+            name: "transformer_load".into(),
+            ms: secs * 1e3,
+            tokens: None,
+            build_s: 0.0,
+            finite: true,
+            gb_per_s: Some(bytes as f64 / 1e9 / secs.max(1e-9)),
+        });
+        printer.status(format!(
+            "loaded in {secs:.1} s ({:.2} GB/s)",
+            bytes as f64 / 1e9 / secs.max(1e-9)
+        ));
+    }
 
     if want("transformer") {
         let cfg: TransformerConfig = serde_json::from_str(presets::TRANSFORMER_2511)?;
@@ -67,6 +95,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                     tokens: Some(s_img + args.txt_len),
                     build_s,
                     finite,
+                    gb_per_s: None,
                 });
             }
         }
@@ -94,6 +123,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 tokens: None,
                 build_s,
                 finite,
+                gb_per_s: None,
             });
             let ms = time_ms(&device, args.warmup, args.iters, || {
                 last = Some(vae.decode(&z)?);
@@ -106,6 +136,52 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 tokens: None,
                 build_s,
                 finite,
+                gb_per_s: None,
+            });
+        }
+    }
+
+    if want("text_encoder") || want("text-encoder") {
+        let cfg = TextEncoderConfig::from_json(presets::TEXT_ENCODER)?;
+        printer.status(format!(
+            "building the full-size prompt encoder ({} vision + {} text layers) with random weights",
+            cfg.vision.depth, cfg.text.num_hidden_layers
+        ));
+        let t0 = Instant::now();
+        let vb = RandomWeights::var_builder(dtype, &device);
+        let vision = VisionModel::new(&cfg.vision, vb.pp("visual")).context("building the vision tower")?;
+        let text = TextModel::new(&cfg.text, vb.pp("model")).context("building the language model")?;
+        sync(&device)?;
+        let build_s = t0.elapsed().as_secs_f64();
+        // 384²: the condition image of 2509/2511 (392² after smart_resize); 1024²: Edit v1's (1008²).
+        for (name, side) in [("prompt_encode_384", 392usize), ("prompt_encode_1024", 1008)] {
+            let p = cfg.vision.patch_size;
+            let grid = [1usize, side / p, side / p];
+            let patches = grid[1] * grid[2];
+            let n_img = patches / (cfg.vision.spatial_merge_size * cfg.vision.spatial_merge_size);
+            let pixels = Tensor::randn(0f32, 1.0, (patches, cfg.vision.patch_dim()), &device)?;
+            let ids = bench_prompt_ids(&cfg, n_img);
+            let mm = MultimodalIds {
+                image_token_id: cfg.image_token_id,
+                video_token_id: cfg.video_token_id,
+                vision_start_token_id: cfg.vision_start_token_id,
+            };
+            let positions = rope_index(&ids, &[grid], mm, cfg.vision.spatial_merge_size)?;
+            let mut last = None;
+            let ms = time_ms(&device, args.warmup, args.iters, || {
+                let vis = vision.forward(&pixels, &[grid])?;
+                let embeds = text.embed(&ids, Some(&vis), cfg.image_token_id)?;
+                last = Some(text.forward(&embeds, &positions)?);
+                Ok(())
+            })?;
+            let finite = last.take().as_ref().map(is_finite).transpose()?.unwrap_or(false);
+            results.push(BenchResult {
+                name: name.to_string(),
+                ms,
+                tokens: Some(ids.len()),
+                build_s,
+                finite,
+                gb_per_s: None,
             });
         }
     }
@@ -131,6 +207,18 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
         }
     }
     Ok(if results.iter().all(|r| r.finite) { 0 } else { 1 })
+}
+
+/// A chat-template-shaped prompt: 64 text tokens, the image (`n_img` pad tokens between the vision
+/// start/end markers), then 48 text tokens (an instruction of a few dozen words).
+fn bench_prompt_ids(cfg: &TextEncoderConfig, n_img: usize) -> Vec<u32> {
+    let text = |n: usize, seed: u32| (0..n as u32).map(move |i| (i * 7919 + seed) % 150_000);
+    let mut ids: Vec<u32> = text(64, 11).collect();
+    ids.push(cfg.vision_start_token_id);
+    ids.extend(std::iter::repeat_n(cfg.image_token_id, n_img));
+    ids.push(cfg.vision_end_token_id);
+    ids.extend(text(48, 5));
+    ids
 }
 
 fn sync(device: &Device) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use crate::io::decode::{decode_image, DecodeLimits};
 use crate::io::encode::{encode_image, write_atomic, write_stdout, BitDepth, OutputFormat, OutputPixels};
 use crate::io::source::{read_source, FetchOptions};
 use crate::jobs::Job;
-use crate::models::vae;
+use crate::models::{vae, weights};
 use crate::pipeline::edit::{EditOutput, EditPipeline, EditRequest};
 use crate::printer::Printer;
 
@@ -38,13 +38,30 @@ impl LoadedModel {
             folder.root.display()
         ));
         let t0 = std::time::Instant::now();
-        let mut pipeline = EditPipeline::load(&folder, &device, dtype)?;
+        let dirs: Vec<PathBuf> = ["text_encoder", "transformer", "vae"]
+            .iter()
+            .map(|c| folder.component(c))
+            .collect();
+        let bytes = weights::weight_bytes(&dirs);
+        let bar = printer.bytes_bar(bytes, "loading weights");
+        let tracking = weights::track_loading(bar.clone());
+        let loaded = EditPipeline::load(&folder, &device, dtype);
+        drop(tracking);
+        bar.finish_and_clear();
+        let mut pipeline = loaded?;
         pipeline.set_vae_tiling(vae_tiling);
+        let secs = t0.elapsed().as_secs_f64();
+        printer.status(format!(
+            "loaded {:.2} GB in {secs:.1} s ({:.2} GB/s) on {} as {dtype:?}",
+            bytes as f64 / 1e9,
+            bytes as f64 / 1e9 / secs.max(1e-9),
+            args.device
+        ));
         Ok(Self {
             pipeline,
             name: args.model.clone(),
             dtype,
-            load_seconds: t0.elapsed().as_secs_f64(),
+            load_seconds: secs,
         })
     }
 }

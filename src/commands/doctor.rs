@@ -592,7 +592,7 @@ fn meminfo() -> (Option<u64>, Option<u64>) {
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
-mod cuda;
+use crate::cuda_probe as cuda;
 mod render;
 
 #[cfg(test)]

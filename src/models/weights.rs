@@ -8,10 +8,37 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+
+/// Where the bytes of loaded tensors are counted while a model loads (a progress bar), if anywhere.
+static LOAD_PROGRESS: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+/// Counts the bytes of every tensor loaded on `bar` until the guard is dropped.
+pub fn track_loading(bar: indicatif::ProgressBar) -> LoadTracking {
+    *LOAD_PROGRESS.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
+    LoadTracking
+}
+
+/// Stops the counting of [`track_loading`] when dropped.
+pub struct LoadTracking;
+
+impl Drop for LoadTracking {
+    fn drop(&mut self) {
+        *LOAD_PROGRESS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Bytes of the weights of the component folders `dirs` (those that can be opened).
+pub fn weight_bytes(dirs: &[PathBuf]) -> u64 {
+    dirs.iter()
+        .filter_map(|d| ComponentWeights::open(d).ok())
+        .map(|w| w.total_bytes())
+        .sum()
+}
 
 /// Why a component's weights could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +182,11 @@ impl SimpleBackend for ComponentWeights {
         if self.st.get(name).is_err() {
             candle_core::bail!("tensor `{name}` is missing from {}", self.where_(name));
         }
-        self.st.load(name, dev)?.to_dtype(dtype)
+        let t = self.st.load(name, dev)?;
+        if let Some(bar) = LOAD_PROGRESS.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            bar.inc((t.elem_count() * t.dtype().size_in_bytes()) as u64);
+        }
+        t.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

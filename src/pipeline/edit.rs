@@ -93,6 +93,10 @@ pub struct EditPipeline {
 impl EditPipeline {
     /// Loads every component of `folder` onto `device` in `dtype`.
     pub fn load(folder: &ModelFolder, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        Self::load_inner(folder, device, dtype).map_err(|e| crate::device::classify_error(e, device))
+    }
+
+    fn load_inner(folder: &ModelFolder, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         let scheduler = SchedulerConfig::from_dir(&folder.component("scheduler"))?;
         let text_encoder = PromptEncoder::load(
             &folder.component("text_encoder"),
@@ -135,6 +139,11 @@ impl EditPipeline {
 
     /// Runs one edit.
     pub fn run(&self, req: &EditRequest, observer: &mut dyn StepObserver) -> anyhow::Result<EditOutput> {
+        self.run_inner(req, observer)
+            .map_err(|e| crate::device::classify_error(e, &self.device))
+    }
+
+    fn run_inner(&self, req: &EditRequest, observer: &mut dyn StepObserver) -> anyhow::Result<EditOutput> {
         let n_images = req.images.len();
         if n_images == 0 || n_images > self.kind.max_images() {
             return Err(UserError::bad_input(format!(
