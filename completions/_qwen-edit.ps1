@@ -34,6 +34,7 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             [CompletionResult]::new('doctor', 'doctor', [CompletionResultType]::ParameterValue, 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models')
             [CompletionResult]::new('fetch-models', 'fetch-models', [CompletionResultType]::ParameterValue, 'Download model weights from the Hugging Face Hub into the standard hub cache')
             [CompletionResult]::new('batch', 'batch', [CompletionResultType]::ParameterValue, 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out')
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Serve edits: a RunPod serverless worker, a local HTTP API, or one test job')
             [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Time the full-size networks with random weights on a device (for comparing hardware)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -50,6 +51,7 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             [CompletionResult]::new('--seed', '--seed', [CompletionResultType]::ParameterName, 'Random seed; the same seed gives the same initial noise as diffusers with torch.Generator("cpu").manual_seed(SEED). Default: a random seed, reported')
             [CompletionResult]::new('--width', '--width', [CompletionResultType]::ParameterName, 'Output width in pixels (floored to a multiple of 16). Default: from the input image')
             [CompletionResult]::new('--height', '--height', [CompletionResultType]::ParameterName, 'Output height in pixels (floored to a multiple of 16). Default: from the input image')
+            [CompletionResult]::new('--ref-size', '--ref-size', [CompletionResultType]::ParameterName, 'Resize the reference images to about PX×PX pixels (aspect kept) before encoding them (default 1024, as the reference pipelines). Smaller is faster and keeps less of their detail')
             [CompletionResult]::new('--model', '--model', [CompletionResultType]::ParameterName, 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout')
             [CompletionResult]::new('--revision', '--revision', [CompletionResultType]::ParameterName, 'Hub revision (branch, tag or commit) of the model')
             [CompletionResult]::new('--cache-dir', '--cache-dir', [CompletionResultType]::ParameterName, 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)')
@@ -131,8 +133,41 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'qwen-edit;serve' {
+            [CompletionResult]::new('--model', '--model', [CompletionResultType]::ParameterName, 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout')
+            [CompletionResult]::new('--revision', '--revision', [CompletionResultType]::ParameterName, 'Hub revision (branch, tag or commit) of the model')
+            [CompletionResult]::new('--cache-dir', '--cache-dir', [CompletionResultType]::ParameterName, 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)')
+            [CompletionResult]::new('--device', '--device', [CompletionResultType]::ParameterName, 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)')
+            [CompletionResult]::new('--dtype', '--dtype', [CompletionResultType]::ParameterName, 'Compute dtype (default: bf16 on CUDA, f32 on CPU)')
+            [CompletionResult]::new('--test-input', '--test-input', [CompletionResultType]::ParameterName, 'Run one job and print its result as JSON on stdout: a file, or the JSON text itself, in RunPod''s request shape `{"input": {...}}`')
+            [CompletionResult]::new('--http', '--http', [CompletionResultType]::ParameterName, 'Serve a local HTTP API on ADDR (e.g. 127.0.0.1:8000): POST /runsync, POST /run, GET /status/ID, GET /health, also under /v2/ENDPOINT/')
+            [CompletionResult]::new('--api-key', '--api-key', [CompletionResultType]::ParameterName, 'Require this key in the `Authorization` header (raw or `Bearer KEY`) of --http requests')
+            [CompletionResult]::new('--allow-path', '--allow-path', [CompletionResultType]::ParameterName, 'Allow jobs to read local image files below DIR (repeatable). None by default: paths are refused')
+            [CompletionResult]::new('--max-image-mb', '--max-image-mb', [CompletionResultType]::ParameterName, 'Largest input image (file, download or decoded base64), in MiB')
+            [CompletionResult]::new('--max-request-mb', '--max-request-mb', [CompletionResultType]::ParameterName, 'Largest job or HTTP request body, in MiB')
+            [CompletionResult]::new('--fetch-timeout', '--fetch-timeout', [CompletionResultType]::ParameterName, 'Time allowed for downloading one image URL, in seconds')
+            [CompletionResult]::new('--progress-interval', '--progress-interval', [CompletionResultType]::ParameterName, 'Post an IN_PROGRESS update (step and steps) at most every SECS seconds while a job runs (RunPod worker mode; 0: never)')
+            [CompletionResult]::new('--poll-timeout', '--poll-timeout', [CompletionResultType]::ParameterName, 'How long one job request (a long poll) may wait for an answer, in seconds')
+            [CompletionResult]::new('--post-timeout', '--post-timeout', [CompletionResultType]::ParameterName, 'Time allowed for posting one result or progress update, in seconds')
+            [CompletionResult]::new('--post-tries', '--post-tries', [CompletionResultType]::ParameterName, 'Attempts at posting a result before it is given up (and logged as lost)')
+            [CompletionResult]::new('--backoff-ms', '--backoff-ms', [CompletionResultType]::ParameterName, 'Wait after a "no job" answer and before the first retry of a failed request; doubled on each further failure, up to 60 s')
+            [CompletionResult]::new('--queue-size', '--queue-size', [CompletionResultType]::ParameterName, 'Jobs an --http server queues before it answers 429')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal')
+            [CompletionResult]::new('--offline', '--offline', [CompletionResultType]::ParameterName, 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)')
+            [CompletionResult]::new('--no-warmup', '--no-warmup', [CompletionResultType]::ParameterName, 'Skip the warm-up edit at startup')
+            [CompletionResult]::new('--vae-tiling', '--vae-tiling', [CompletionResultType]::ParameterName, 'Tiled VAE encode/decode')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only errors on stderr: no progress bars, no summary lines')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only errors on stderr: no progress bars, no summary lines')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'qwen-edit;bench' {
-            [CompletionResult]::new('--component', '--component', [CompletionResultType]::ParameterName, 'Components to time: transformer, vae (default: both)')
+            [CompletionResult]::new('--component', '--component', [CompletionResultType]::ParameterName, 'Components to time: transformer, vae, text_encoder (default: all three)')
             [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Square image sizes in pixels')
             [CompletionResult]::new('--refs', '--refs', [CompletionResultType]::ParameterName, 'Reference image counts for the transformer')
             [CompletionResult]::new('--txt-len', '--txt-len', [CompletionResultType]::ParameterName, 'Text tokens for the transformer')
@@ -140,6 +175,7 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             [CompletionResult]::new('--iters', '--iters', [CompletionResultType]::ParameterName, 'Timed runs (the median is reported)')
             [CompletionResult]::new('--device', '--device', [CompletionResultType]::ParameterName, 'Device: `cuda`, `cuda:N` or `cpu`')
             [CompletionResult]::new('--dtype', '--dtype', [CompletionResultType]::ParameterName, 'Compute dtype (default: bf16 on CUDA, f32 on CPU)')
+            [CompletionResult]::new('--load', '--load', [CompletionResultType]::ParameterName, 'Also time loading a transformer folder (config.json + safetensors) onto the device')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON on stdout')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars')
@@ -169,6 +205,7 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             [CompletionResult]::new('doctor', 'doctor', [CompletionResultType]::ParameterValue, 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models')
             [CompletionResult]::new('fetch-models', 'fetch-models', [CompletionResultType]::ParameterValue, 'Download model weights from the Hugging Face Hub into the standard hub cache')
             [CompletionResult]::new('batch', 'batch', [CompletionResultType]::ParameterValue, 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out')
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Serve edits: a RunPod serverless worker, a local HTTP API, or one test job')
             [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Time the full-size networks with random weights on a device (for comparing hardware)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -184,6 +221,9 @@ Register-ArgumentCompleter -Native -CommandName 'qwen-edit' -ScriptBlock {
             break
         }
         'qwen-edit;help;batch' {
+            break
+        }
+        'qwen-edit;help;serve' {
             break
         }
         'qwen-edit;help;bench' {

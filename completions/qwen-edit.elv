@@ -31,6 +31,7 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
             cand doctor 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
             cand fetch-models 'Download model weights from the Hugging Face Hub into the standard hub cache'
             cand batch 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out'
+            cand serve 'Serve edits: a RunPod serverless worker, a local HTTP API, or one test job'
             cand bench 'Time the full-size networks with random weights on a device (for comparing hardware)'
             cand completions 'Print a shell completion script to stdout'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -46,6 +47,7 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
             cand --seed 'Random seed; the same seed gives the same initial noise as diffusers with torch.Generator("cpu").manual_seed(SEED). Default: a random seed, reported'
             cand --width 'Output width in pixels (floored to a multiple of 16). Default: from the input image'
             cand --height 'Output height in pixels (floored to a multiple of 16). Default: from the input image'
+            cand --ref-size 'Resize the reference images to about PX×PX pixels (aspect kept) before encoding them (default 1024, as the reference pipelines). Smaller is faster and keeps less of their detail'
             cand --model 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout'
             cand --revision 'Hub revision (branch, tag or commit) of the model'
             cand --cache-dir 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)'
@@ -123,8 +125,40 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'qwen-edit;serve'= {
+            cand --model 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout'
+            cand --revision 'Hub revision (branch, tag or commit) of the model'
+            cand --cache-dir 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)'
+            cand --device 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)'
+            cand --dtype 'Compute dtype (default: bf16 on CUDA, f32 on CPU)'
+            cand --test-input 'Run one job and print its result as JSON on stdout: a file, or the JSON text itself, in RunPod''s request shape `{"input": {...}}`'
+            cand --http 'Serve a local HTTP API on ADDR (e.g. 127.0.0.1:8000): POST /runsync, POST /run, GET /status/ID, GET /health, also under /v2/ENDPOINT/'
+            cand --api-key 'Require this key in the `Authorization` header (raw or `Bearer KEY`) of --http requests'
+            cand --allow-path 'Allow jobs to read local image files below DIR (repeatable). None by default: paths are refused'
+            cand --max-image-mb 'Largest input image (file, download or decoded base64), in MiB'
+            cand --max-request-mb 'Largest job or HTTP request body, in MiB'
+            cand --fetch-timeout 'Time allowed for downloading one image URL, in seconds'
+            cand --progress-interval 'Post an IN_PROGRESS update (step and steps) at most every SECS seconds while a job runs (RunPod worker mode; 0: never)'
+            cand --poll-timeout 'How long one job request (a long poll) may wait for an answer, in seconds'
+            cand --post-timeout 'Time allowed for posting one result or progress update, in seconds'
+            cand --post-tries 'Attempts at posting a result before it is given up (and logged as lost)'
+            cand --backoff-ms 'Wait after a "no job" answer and before the first retry of a failed request; doubled on each further failure, up to 60 s'
+            cand --queue-size 'Jobs an --http server queues before it answers 429'
+            cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
+            cand --offline 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)'
+            cand --no-warmup 'Skip the warm-up edit at startup'
+            cand --vae-tiling 'Tiled VAE encode/decode'
+            cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand --verbose 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+            cand -q 'Only errors on stderr: no progress bars, no summary lines'
+            cand --quiet 'Only errors on stderr: no progress bars, no summary lines'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'qwen-edit;bench'= {
-            cand --component 'Components to time: transformer, vae (default: both)'
+            cand --component 'Components to time: transformer, vae, text_encoder (default: all three)'
             cand --size 'Square image sizes in pixels'
             cand --refs 'Reference image counts for the transformer'
             cand --txt-len 'Text tokens for the transformer'
@@ -132,6 +166,7 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
             cand --iters 'Timed runs (the median is reported)'
             cand --device 'Device: `cuda`, `cuda:N` or `cpu`'
             cand --dtype 'Compute dtype (default: bf16 on CUDA, f32 on CPU)'
+            cand --load 'Also time loading a transformer folder (config.json + safetensors) onto the device'
             cand --color 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal'
             cand --json 'Print JSON on stdout'
             cand -v 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
@@ -159,6 +194,7 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
             cand doctor 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
             cand fetch-models 'Download model weights from the Hugging Face Hub into the standard hub cache'
             cand batch 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out'
+            cand serve 'Serve edits: a RunPod serverless worker, a local HTTP API, or one test job'
             cand bench 'Time the full-size networks with random weights on a device (for comparing hardware)'
             cand completions 'Print a shell completion script to stdout'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -170,6 +206,8 @@ set edit:completion:arg-completer[qwen-edit] = {|@words|
         &'qwen-edit;help;fetch-models'= {
         }
         &'qwen-edit;help;batch'= {
+        }
+        &'qwen-edit;help;serve'= {
         }
         &'qwen-edit;help;bench'= {
         }

@@ -35,6 +35,7 @@ complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "edit" -d 'Edit 
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "doctor" -d 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "fetch-models" -d 'Download model weights from the Hugging Face Hub into the standard hub cache'
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "batch" -d 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out'
+complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "serve" -d 'Serve edits: a RunPod serverless worker, a local HTTP API, or one test job'
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "bench" -d 'Time the full-size networks with random weights on a device (for comparing hardware)'
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c qwen-edit -n "__fish_qwen_edit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -46,6 +47,7 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l true-cfg-sc
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l seed -d 'Random seed; the same seed gives the same initial noise as diffusers with torch.Generator("cpu").manual_seed(SEED). Default: a random seed, reported' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l width -d 'Output width in pixels (floored to a multiple of 16). Default: from the input image' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l height -d 'Output height in pixels (floored to a multiple of 16). Default: from the input image' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l ref-size -d 'Resize the reference images to about PX×PX pixels (aspect kept) before encoding them (default 1024, as the reference pipelines). Smaller is faster and keeps less of their detail' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l model -d 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l revision -d 'Hub revision (branch, tag or commit) of the model' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l cache-dir -d 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)' -r -F
@@ -113,7 +115,36 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -s v -l verbo
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -s V -l version -d 'Print version'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l component -d 'Components to time: transformer, vae (default: both)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l model -d 'Hub repo id (or `edit`, `2509`, `2511`) or a local folder in the diffusers layout' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l revision -d 'Hub revision (branch, tag or commit) of the model' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l cache-dir -d 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l device -d 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l dtype -d 'Compute dtype (default: bf16 on CUDA, f32 on CPU)' -r -f -a "bf16\t''
+f32\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l test-input -d 'Run one job and print its result as JSON on stdout: a file, or the JSON text itself, in RunPod\'s request shape `{"input": {...}}`' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l http -d 'Serve a local HTTP API on ADDR (e.g. 127.0.0.1:8000): POST /runsync, POST /run, GET /status/ID, GET /health, also under /v2/ENDPOINT/' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l api-key -d 'Require this key in the `Authorization` header (raw or `Bearer KEY`) of --http requests' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l allow-path -d 'Allow jobs to read local image files below DIR (repeatable). None by default: paths are refused' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l max-image-mb -d 'Largest input image (file, download or decoded base64), in MiB' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l max-request-mb -d 'Largest job or HTTP request body, in MiB' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l fetch-timeout -d 'Time allowed for downloading one image URL, in seconds' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l progress-interval -d 'Post an IN_PROGRESS update (step and steps) at most every SECS seconds while a job runs (RunPod worker mode; 0: never)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l poll-timeout -d 'How long one job request (a long poll) may wait for an answer, in seconds' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l post-timeout -d 'Time allowed for posting one result or progress update, in seconds' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l post-tries -d 'Attempts at posting a result before it is given up (and logged as lost)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l backoff-ms -d 'Wait after a "no job" answer and before the first retry of a failed request; doubled on each further failure, up to 60 s' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l queue-size -d 'Jobs an --http server queues before it answers 429' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l offline -d 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l no-warmup -d 'Skip the warm-up edit at startup'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l vae-tiling -d 'Tiled VAE encode/decode'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l component -d 'Components to time: transformer, vae, text_encoder (default: all three)' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l size -d 'Square image sizes in pixels' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l refs -d 'Reference image counts for the transformer' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l txt-len -d 'Text tokens for the transformer' -r
@@ -122,6 +153,7 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l iters -d '
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l device -d 'Device: `cuda`, `cuda:N` or `cpu`' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l dtype -d 'Compute dtype (default: bf16 on CUDA, f32 on CPU)' -r -f -a "bf16\t''
 f32\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l load -d 'Also time loading a transformer folder (config.json + safetensors) onto the device' -r -F
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
 always\t''
 never\t''"
@@ -137,10 +169,11 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s v -l
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "edit" -d 'Edit one to three images following a text instruction'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "doctor" -d 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "fetch-models" -d 'Download model weights from the Hugging Face Hub into the standard hub cache'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "batch" -d 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "bench" -d 'Time the full-size networks with random weights on a device (for comparing hardware)'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch bench completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch serve bench completions help" -f -a "edit" -d 'Edit one to three images following a text instruction'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch serve bench completions help" -f -a "doctor" -d 'Check whether this machine can run qwen-edit: CUDA, GPUs, memory, disk, cached models'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch serve bench completions help" -f -a "fetch-models" -d 'Download model weights from the Hugging Face Hub into the standard hub cache'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch serve bench completions help" -f -a "batch" -d 'Run many edits with one loaded model: JSON lines in, one JSON result line per job out'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch serve bench completions help" -f -a "serve" -d 'Serve edits: a RunPod serverless worker, a local HTTP API, or one test job'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch serve bench completions help" -f -a "bench" -d 'Time the full-size networks with random weights on a device (for comparing hardware)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch serve bench completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand help; and not __fish_seen_subcommand_from edit doctor fetch-models batch serve bench completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -89,6 +89,18 @@ pub enum Command {
     #[command(after_long_help = AFTER_HELP)]
     Batch(BatchArgs),
 
+    /// Serve edits: a RunPod serverless worker, a local HTTP API, or one test job.
+    ///
+    /// The mode is picked in this order: `--test-input` runs one job and prints its result; `--http
+    /// ADDR` serves a local API in RunPod's shapes (POST /runsync, POST /run, GET /status/ID, GET
+    /// /health); with RUNPOD_WEBHOOK_GET_JOB set (as on RunPod) it takes jobs from RunPod, posts the
+    /// results and sends heartbeats; otherwise a `test_input.json` in the working directory is run as
+    /// with `--test-input`. The model is loaded once, checked with a warm-up edit, and kept for every
+    /// job. A job is the `input` object of a RunPod request, in the job schema of `batch` (without
+    /// `output`); a failed job is answered with an error and the worker goes on.
+    #[command(after_long_help = SERVE_HELP)]
+    Serve(ServeArgs),
+
     /// Time the full-size networks with random weights on a device (for comparing hardware).
     ///
     /// Builds the transformer, the VAE and the prompt encoder at their published sizes with random
@@ -283,6 +295,119 @@ pub struct BatchArgs {
     /// Tiled VAE encode/decode.
     #[arg(long)]
     pub vae_tiling: bool,
+}
+
+const SERVE_HELP: &str = "\
+Job input (the `input` object):
+  prompt                      the edit instruction (required)
+  image | image_url | image_base64 | image_path, or images: [..] (strings or {name, image})
+  negative_prompt, seed (-1 or absent: random), steps | num_inference_steps,
+  true_cfg_scale | guidance_scale, width, height, output_format (png, jpeg, webp, tiff), ref_size
+
+Output: {\"images\": [{\"filename\", \"type\": \"base64\", \"data\"}], \"seed\", \"width\", \"height\",
+  \"steps\", \"timings\"}; a failed job gives {\"error\": \"...\"}. S3 upload (BUCKET_ENDPOINT_URL) is
+  not supported yet: images are always returned as base64.
+
+Security: local files are read only below an --allow-path folder (none by default, so `image_path`
+  is refused); URLs must be http(s), with size and time limits and no redirects to other schemes;
+  every job is validated before its images are read or the GPU is touched.
+
+RunPod environment:
+  RUNPOD_WEBHOOK_GET_JOB, RUNPOD_WEBHOOK_POST_OUTPUT, RUNPOD_WEBHOOK_PING, RUNPOD_PING_INTERVAL (ms),
+  RUNPOD_POD_ID, RUNPOD_AI_API_KEY (set by RunPod). SIGTERM or SIGINT: no new jobs; the running one
+  is finished and posted, then exit 0.
+
+Exit codes: 0 stopped by a signal; 2 no mode (no --http, --test-input, RunPod variables or
+  test_input.json); 3, 4, 5 as for `edit` when the model cannot be loaded or warmed up (5 also when
+  the GPU fails for good while serving); with --test-input, the job's exit code.";
+
+/// `qwen-edit serve`: what to serve and how.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Run one job and print its result as JSON on stdout: a file, or the JSON text itself,
+    /// in RunPod's request shape `{"input": {...}}`.
+    #[arg(long, value_name = "FILE|JSON", conflicts_with = "http")]
+    pub test_input: Option<String>,
+
+    /// Serve a local HTTP API on ADDR (e.g. 127.0.0.1:8000): POST /runsync, POST /run,
+    /// GET /status/ID, GET /health, also under /v2/ENDPOINT/.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+
+    /// Require this key in the `Authorization` header (raw or `Bearer KEY`) of --http requests.
+    #[arg(long, env = "QWEN_EDIT_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+
+    /// Allow jobs to read local image files below DIR (repeatable). None by default: paths are refused.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    pub allow_paths: Vec<PathBuf>,
+
+    /// Largest input image (file, download or decoded base64), in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096), value_name = "MIB")]
+    pub max_image_mb: u64,
+
+    /// Largest job or HTTP request body, in MiB.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=4096), value_name = "MIB")]
+    pub max_request_mb: u64,
+
+    /// Time allowed for downloading one image URL, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECS")]
+    pub fetch_timeout: u64,
+
+    /// Skip the warm-up edit at startup.
+    #[arg(long)]
+    pub no_warmup: bool,
+
+    /// Tiled VAE encode/decode.
+    #[arg(long)]
+    pub vae_tiling: bool,
+
+    /// Post an IN_PROGRESS update (step and steps) at most every SECS seconds while a job runs
+    /// (RunPod worker mode; 0: never).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS", help_heading = "Worker tuning")]
+    pub progress_interval: f64,
+
+    /// How long one job request (a long poll) may wait for an answer, in seconds.
+    #[arg(
+        long,
+        env = "QWEN_EDIT_POLL_TIMEOUT",
+        default_value_t = 90.0,
+        value_name = "SECS",
+        help_heading = "Worker tuning"
+    )]
+    pub poll_timeout: f64,
+
+    /// Time allowed for posting one result or progress update, in seconds.
+    #[arg(
+        long,
+        env = "QWEN_EDIT_POST_TIMEOUT",
+        default_value_t = 30.0,
+        value_name = "SECS",
+        help_heading = "Worker tuning"
+    )]
+    pub post_timeout: f64,
+
+    /// Attempts at posting a result before it is given up (and logged as lost).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N", help_heading = "Worker tuning")]
+    pub post_tries: u32,
+
+    /// Wait after a "no job" answer and before the first retry of a failed request; doubled on each
+    /// further failure, up to 60 s.
+    #[arg(
+        long,
+        env = "QWEN_EDIT_BACKOFF_MS",
+        default_value_t = 1000,
+        value_name = "MS",
+        help_heading = "Worker tuning"
+    )]
+    pub backoff_ms: u64,
+
+    /// Jobs an --http server queues before it answers 429.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "N", help_heading = "Worker tuning")]
+    pub queue_size: u32,
 }
 
 #[derive(Debug, Args)]

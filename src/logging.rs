@@ -4,9 +4,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::GlobalArgs;
 
-pub fn init(g: &GlobalArgs, color: bool) {
+/// `info`: show info-level lines of qwen-edit by default (long-running commands such as `serve`).
+pub fn init(g: &GlobalArgs, color: bool, info: bool) {
     let default = match (g.quiet, g.verbose) {
         (true, _) => "error",
+        (false, 0) if info => "qwen_edit=info,warn",
         (false, 0) => "warn",
         (false, 1) => "qwen_edit=debug,info",
         _ => "trace",

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod edit;
 pub mod fetch_models;
 pub mod model;
+pub mod serve;
 
 use std::io::Write;
 
@@ -23,6 +24,7 @@ pub fn dispatch(command: Command, printer: Printer) -> anyhow::Result<u8> {
         Command::FetchModels(args) => fetch_models::run(args, printer),
         Command::Batch(args) => batch::run(args, printer),
         Command::Bench(args) => bench::run(args, printer),
+        Command::Serve(args) => serve::run(args, printer),
         Command::Completions(args) => completions::run(args),
     }
 }

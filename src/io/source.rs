@@ -198,6 +198,22 @@ pub fn read_source(arg: &str, opts: &FetchOptions, stdin: &mut dyn Read) -> anyh
     }
 }
 
+/// Reads `arg` as base64 (bare, or a `data:` URI) whatever it looks like: for inputs that are declared
+/// to be base64 (the `image_base64` job key), so that a damaged payload is reported as broken base64
+/// rather than as a missing file.
+pub fn read_base64(arg: &str, opts: &FetchOptions) -> anyhow::Result<InputBytes> {
+    if has_prefix_ignore_case(arg, "data:") {
+        return read_data_uri(arg, opts);
+    }
+    let label = base64_label("base64 input", arg);
+    let bytes = decode_base64(arg, opts.max_bytes, &label)?;
+    Ok(InputBytes {
+        kind: SourceKind::Base64,
+        bytes,
+        label,
+    })
+}
+
 fn not_any_form(arg: &str) -> anyhow::Error {
     let shown = if arg.chars().count() > 80 {
         let head: String = arg.chars().take(40).collect();
@@ -315,6 +331,12 @@ fn read_path(path: &Path, opts: &FetchOptions) -> anyhow::Result<InputBytes> {
 }
 
 fn check_inside_roots(label: &str, resolved: &Path, roots: &[PathBuf]) -> anyhow::Result<()> {
+    if roots.is_empty() {
+        return Err(bad_hint(
+            format!("reading local files is not allowed here (`{label}`)"),
+            "send the image as a URL or base64, or allow a folder (`serve --allow-path DIR`)",
+        ));
+    }
     let inside = roots.iter().any(|root| match std::fs::canonicalize(root) {
         Ok(root) => resolved.starts_with(&root),
         Err(e) => {
