@@ -35,6 +35,8 @@ struct FakeState {
     takes: AtomicUsize,
     posts: AtomicUsize,
     injected: AtomicUsize,
+    /// Of those, held past the worker's timeout (takes and posts).
+    timeouts: AtomicUsize,
     /// Images served under /img/NAME.
     files: HashMap<String, Vec<u8>>,
     faults: bool,
@@ -68,8 +70,8 @@ impl Fake {
             queue: Mutex::new(jobs.into()),
             files,
             faults,
-            take_hold: Duration::from_millis(2500),
-            post_hold: Duration::from_millis(1600),
+            take_hold: Duration::from_millis(4000),
+            post_hold: Duration::from_millis(2800),
             ..Default::default()
         });
         let st = state.clone();
@@ -89,7 +91,7 @@ impl Fake {
         let mut c = qwen_edit();
         c.arg("serve")
             .args(model_args())
-            .args(["--poll-timeout", "1.5", "--post-timeout", "1", "--backoff-ms", "20"])
+            .args(["--poll-timeout", "3", "--post-timeout", "2", "--backoff-ms", "20"])
             .args(extra)
             .env("RUNPOD_WEBHOOK_GET_JOB", self.url("/job-take/$ID"))
             .env("RUNPOD_WEBHOOK_POST_OUTPUT", self.url("/job-done/$RUNPOD_POD_ID/$ID"))
@@ -140,9 +142,10 @@ fn handle(st: &FakeState, mut req: tiny_http::Request) {
                 st.injected.fetch_add(1, Ordering::SeqCst);
                 return reply(req, code, body);
             }
-            if n % 41 == 20 {
+            if n % 61 == 20 {
                 // Hold the long poll past the worker's timeout; no job is handed out.
                 st.injected.fetch_add(1, Ordering::SeqCst);
+                st.timeouts.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(st.take_hold);
                 return reply(req, 204, b"");
             }
@@ -179,9 +182,10 @@ fn handle(st: &FakeState, mut req: tiny_http::Request) {
                 st.injected.fetch_add(1, Ordering::SeqCst);
                 return reply(req, if m % 7 == 2 { 503 } else { 429 }, b"");
             }
-            if m % 29 == 13 {
+            if m % 47 == 13 {
                 // The post times out: the server never saw it.
                 st.injected.fetch_add(1, Ordering::SeqCst);
+                st.timeouts.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(st.post_hold);
                 return reply(req, 200, b"");
             }
@@ -216,7 +220,7 @@ fn wait_until(limit: Duration, worker: &mut Guard, stderr: &Path, mut done: impl
             "timed out; worker log:\n{}",
             std::fs::read_to_string(stderr).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -372,6 +376,7 @@ fn worker_answers_200_jobs_exactly_once_through_injected_faults() {
         st.violations.lock().unwrap()
     );
     assert!(st.injected.load(Ordering::SeqCst) >= 40, "too few faults injected");
+    assert!(st.timeouts.load(Ordering::SeqCst) >= 6, "too few timeouts injected");
     // Heartbeats: regular, and naming the job in progress.
     let pings = st.pings.lock().unwrap().clone();
     assert!(
@@ -413,9 +418,10 @@ fn sigterm_mid_job_finishes_and_posts_that_job_then_exits_0() {
     let input = input_bytes();
     // A slower job (more steps, larger) so that the signal lands in the middle of it.
     let mut slow = cheap_job(7, 1.0);
-    slow["steps"] = 20.into();
-    slow["width"] = 64.into();
-    slow["height"] = 64.into();
+    // (~1.5 s on one core; the signal is sent after its first step.)
+    slow["steps"] = 60.into();
+    slow["width"] = 128.into();
+    slow["height"] = 128.into();
     slow["image"] = b64(&input).into();
     let mut next = cheap_job(8, 1.0);
     next["image"] = b64(&input).into();
@@ -451,8 +457,8 @@ fn sigterm_mid_job_finishes_and_posts_that_job_then_exits_0() {
         .get("slow-1")
         .unwrap_or_else(|| panic!("the running job was not posted: {events:?}\n{log}"))[0];
     assert!(slow.get("error").is_none(), "{slow}");
-    assert_eq!(slow["output"]["steps"], 20);
-    assert_eq!(slow["output"]["width"], 64);
+    assert_eq!(slow["output"]["steps"], 60);
+    assert_eq!(slow["output"]["width"], 128);
     assert!(
         !events.iter().any(|e| e == "take next-2"),
         "a job was taken after SIGTERM: {events:?}"
