@@ -150,9 +150,18 @@ fn tiny_plus_bf16_on_cuda_is_close_to_the_reference() {
 fn attention_beyond_i32_elements_is_exact() {
     let dev = cuda();
     let (h, s, d) = (24usize, 9728usize, 128usize);
-    let q = Tensor::randn(0f32, 1.0, (1, h, s, d), &dev).unwrap().to_dtype(DType::BF16).unwrap();
-    let k = Tensor::randn(0f32, 1.0, (1, h, s, d), &dev).unwrap().to_dtype(DType::BF16).unwrap();
-    let v = Tensor::randn(0f32, 1.0, (1, h, s, d), &dev).unwrap().to_dtype(DType::BF16).unwrap();
+    let q = Tensor::randn(0f32, 1.0, (1, h, s, d), &dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let k = Tensor::randn(0f32, 1.0, (1, h, s, d), &dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let v = Tensor::randn(0f32, 1.0, (1, h, s, d), &dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
     let scale = 1.0 / (d as f64).sqrt();
     let out = attention(&q, &k, &v, AttnMask::None, scale).unwrap();
     assert_eq!(out.dims(), &[1, h, s, d]);
@@ -197,7 +206,7 @@ fn full_size_random_transformer_runs_in_bf16_without_nan() {
         .unwrap();
     let t = Tensor::new(&[0.5f32], &dev).unwrap().to_dtype(DType::BF16).unwrap();
     let out = model.forward(&x, &c, None, &t, &shapes).unwrap();
-    assert_eq!(out.dims(), &[1, 2048, cfg.out_channels * 4]);
+    assert_eq!(out.dims(), &[1, 2048, cfg.output_channels() * 4]);
     assert!(is_finite(&out), "the transformer output holds NaN or inf");
 }
 
@@ -215,4 +224,38 @@ fn full_size_random_vae_runs_in_bf16_without_nan() {
     let x = vae.decode(&z).unwrap();
     assert_eq!(x.dim(2).unwrap(), 256);
     assert!(is_finite(&x), "VAE decode holds NaN or inf");
+}
+
+/// Where bf16 on CUDA departs from the f32 reference in the tiny Edit pipeline: prompt embeddings
+/// (Qwen2.5-VL on the ~1 MP condition image) and the packed image latents, stage by stage.
+#[test]
+fn tiny_edit_bf16_stage_errors() {
+    use qwen_edit::io::resize::{resize_rgb, Filter};
+    use qwen_edit::models::text_encoder::PromptEncoder;
+    use qwen_edit::models::vae;
+    use qwen_edit::pipeline::latents::{calculate_dimensions, pack, VAE_IMAGE_AREA};
+
+    let dev = cuda();
+    let g = golden("pipeline_edit.safetensors");
+    let root = fixtures().join("models/tiny-edit");
+    let img = png("pipeline_edit_input0.png");
+    let (w, h) = calculate_dimensions(VAE_IMAGE_AREA, img.width() as f64 / img.height() as f64);
+    let resized = resize_rgb(&img, w, h, Filter::Lanczos);
+    for dtype in [DType::F32, DType::BF16] {
+        let te = PromptEncoder::load(&root.join("text_encoder"), &root.join("processor"), dtype, &dev).unwrap();
+        let pe = te.encode_edit("make the sky purple", &resized).unwrap();
+        let ne = te.encode_edit(" ", &resized).unwrap();
+        let vae = AutoencoderKLQwenImage::load(&root.join("vae"), dtype, &dev).unwrap();
+        let x = vae::preprocess(&resized, &dev).unwrap().to_dtype(dtype).unwrap();
+        let z = vae.normalize_latents(&vae.encode(&x).unwrap()).unwrap();
+        let lat = pack(&z).unwrap();
+        let (e_p, e_n, e_l) = (
+            rel_err(&pe.embeds, &g["prompt_embeds"]),
+            rel_err(&ne.embeds, &g["negative_prompt_embeds"]),
+            rel_err(&lat, &g["image_latents"]),
+        );
+        eprintln!("tiny-edit {dtype:?}: prompt_embeds {e_p:.3e}, negative {e_n:.3e}, image_latents {e_l:.3e}");
+        let tol = if dtype == DType::F32 { 1e-4 } else { 5e-2 };
+        assert!(e_p < tol && e_n < tol && e_l < tol, "{dtype:?}: {e_p} {e_n} {e_l}");
+    }
 }

@@ -284,6 +284,11 @@ fn pixels_round_trip_u8_and_u16() {
     assert!(vae::preprocess_buffer(&rgb[1..], h, w, &Device::Cpu).is_err());
 }
 
+#[cfg(feature = "cuda")]
+fn bf16_on(t: &Tensor, dev: &Device) -> Tensor {
+    t.to_device(dev).unwrap().to_dtype(DType::BF16).unwrap()
+}
+
 /// The production path: bf16 on CUDA against the f32 goldens (run with `--features cuda` on a GPU).
 #[cfg(feature = "cuda")]
 #[test]
@@ -292,18 +297,18 @@ fn model_b_bf16_cuda() {
     let dev = Device::new_cuda(0).unwrap();
     let mut vae = AutoencoderKLQwenImage::load(&model_dir("b"), DType::BF16, &dev).unwrap();
     let g = golden("vae_b_96x80");
-    let z = vae.encode(&get(&g, "image").to_device(&dev).unwrap()).unwrap();
+    let z = vae.encode(&bf16_on(get(&g, "image"), &dev)).unwrap();
     assert_eq!(z.dtype(), DType::BF16);
     assert_close_tol("b 96x80 bf16 cuda encode", &z, get(&g, "latent_mean"), BF16_TOL);
-    let x = vae.decode(&get(&g, "decode_input").to_device(&dev).unwrap()).unwrap();
+    let x = vae.decode(&bf16_on(get(&g, "decode_input"), &dev)).unwrap();
     assert_close_tol("b 96x80 bf16 cuda decode", &x, get(&g, "decoded"), BF16_TOL);
     assert_eq!(vae::postprocess_u8(&x).unwrap().len(), 96 * 80 * 3);
 
     let g = golden("vae_b_tiled_320x384");
     vae.set_tiling(TilingMode::Auto);
-    let z = vae.encode(&get(&g, "image").to_device(&dev).unwrap()).unwrap();
+    let z = vae.encode(&bf16_on(get(&g, "image"), &dev)).unwrap();
     assert_close_tol("b 320x384 bf16 cuda encode tiled", &z, get(&g, "latent_mean"), BF16_TOL);
-    let x = vae.decode(&get(&g, "decode_input").to_device(&dev).unwrap()).unwrap();
+    let x = vae.decode(&bf16_on(get(&g, "decode_input"), &dev)).unwrap();
     assert_close_tol("b 320x384 bf16 cuda decode tiled", &x, get(&g, "decoded"), BF16_TOL);
 
     // De-normalisation in bf16 runs on the device too.

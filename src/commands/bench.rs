@@ -14,12 +14,12 @@ use crate::cli::BenchArgs;
 use crate::device::DeviceSpec;
 use crate::models::presets;
 use crate::models::random::RandomWeights;
-use crate::models::weights;
 use crate::models::text_encoder::text::{rope_index, MultimodalIds, TextModel};
 use crate::models::text_encoder::vision::VisionModel;
 use crate::models::text_encoder::Config as TextEncoderConfig;
 use crate::models::transformer::{QwenImageTransformer2DModel, TransformerConfig};
 use crate::models::vae::{AutoencoderKLQwenImage, VaeConfig};
+use crate::models::weights;
 use crate::printer::Printer;
 
 #[derive(Debug, serde::Serialize)]

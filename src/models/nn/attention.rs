@@ -4,6 +4,10 @@
 //! is a plain softmax(QKᵀ·scale + mask)·V computed in f32, chunked over the query axis so that the score
 //! tensor never exceeds [`MAX_SCORE_ELEMENTS`] elements: candle's CUDA softmax indexes with i32 and
 //! silently corrupts results above 2^31 elements (24 heads × 12.7k tokens with two references).
+//!
+//! On CUDA in bf16 with head dims 128 or 80 (every network of the family) the fused flash kernel of
+//! [`super::flash`] runs instead: no score tensor, 64-bit indexing. `QWEN_EDIT_NAIVE_ATTENTION=1`
+//! turns it off (for comparisons).
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -46,32 +50,28 @@ pub fn attention_chunked(
             v.shape()
         );
     }
+    if matches!(mask, AttnMask::Causal) && sq != skv {
+        candle_core::bail!("attention: causal mask needs Sq == Skv, got {sq} vs {skv}");
+    }
+    #[cfg(feature = "cuda")]
+    if super::flash::supported(q, k) && !naive_forced() {
+        let bias = match mask {
+            AttnMask::KeyPadding(m) => Some(key_bias(m, b, skv)?),
+            _ => None,
+        };
+        return super::flash::flash_attention(q, k, v, bias.as_ref(), scale, matches!(mask, AttnMask::Causal));
+    }
     let out_dtype = q.dtype();
     let q = q.to_dtype(DType::F32)?;
     let k = k.to_dtype(DType::F32)?;
     let v = v.to_dtype(DType::F32)?.contiguous()?;
     let kt = k.transpose(2, 3)?.contiguous()?; // [B, H, D, Skv]
 
-    // Additive key mask [B, 1, 1, Skv] (0 or -inf).
+    // Additive key mask [B, 1, 1, Skv] (0 or -1e30).
     let key_bias = match mask {
-        AttnMask::KeyPadding(m) => {
-            let (mb, ms) = m.dims2()?;
-            if mb != b || ms != skv {
-                candle_core::bail!(
-                    "attention: key mask {:?} does not match keys {:?}",
-                    m.shape(),
-                    k.shape()
-                );
-            }
-            let keep = m.ne(0u32 as f64)?.to_dtype(DType::F32)?; // 1 keep, 0 drop
-            let bias = ((keep - 1.0)? * 1e30)?; // 0 or -1e30
-            Some(bias.reshape((b, 1, 1, skv))?)
-        }
+        AttnMask::KeyPadding(m) => Some(key_bias(m, b, skv)?.reshape((b, 1, 1, skv))?),
         _ => None,
     };
-    if matches!(mask, AttnMask::Causal) && sq != skv {
-        candle_core::bail!("attention: causal mask needs Sq == Skv, got {sq} vs {skv}");
-    }
 
     let per_row = (b * h * skv).max(1);
     let chunk = (max_score_elements / per_row).clamp(1, sq.max(1));
@@ -102,6 +102,26 @@ pub fn attention_chunked(
         Tensor::cat(&outs, 2)?
     };
     out.to_dtype(out_dtype)
+}
+
+/// The additive f32 bias `[B, Skv]` of a key-padding mask: 0 where the mask is non-zero, −1e30 elsewhere.
+fn key_bias(m: &Tensor, b: usize, skv: usize) -> Result<Tensor> {
+    let (mb, ms) = m.dims2()?;
+    if mb != b || ms != skv {
+        candle_core::bail!(
+            "attention: key mask {:?} does not match {b} sequences of {skv} keys",
+            m.shape()
+        );
+    }
+    let keep = m.ne(0u32 as f64)?.to_dtype(DType::F32)?; // 1 keep, 0 drop
+    (keep - 1.0)? * 1e30
+}
+
+/// `QWEN_EDIT_NAIVE_ATTENTION` set (and not `0`): use the unfused path everywhere.
+#[cfg(feature = "cuda")]
+fn naive_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("QWEN_EDIT_NAIVE_ATTENTION").is_ok_and(|v| v != "0"))
 }
 
 /// Softmax over the last dimension in f32 (shared helper for tests of the above).

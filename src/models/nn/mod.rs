@@ -1,6 +1,8 @@
 //! Building blocks shared by all networks.
 
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod flash;
 pub mod norm;
 
 pub use attention::{attention, AttnMask};
