@@ -83,7 +83,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__batch)
-            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --output-dir --overwrite --mkdir --vae-tiling --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --output-dir --overwrite --mkdir --vae-tiling --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -107,6 +107,18 @@ _qwen__edit() {
                     ;;
                 --dtype)
                     COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
+                    return 0
+                    ;;
+                --lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lightning)
+                    COMPREPLY=($(compgen -W "4 8" -- "${cur}"))
+                    return 0
+                    ;;
+                --lightning-lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --output-dir)
@@ -215,7 +227,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__edit)
-            opts="-p -n -o -v -q -h -V --prompt --prompt-file --negative-prompt --steps --true-cfg-scale --seed --width --height --model --revision --offline --cache-dir --device --dtype --output --format --bit-depth --overwrite --mkdir --vae-tiling --json --verbose --quiet --color --help --version"
+            opts="-p -n -o -v -q -h -V --prompt --prompt-file --negative-prompt --steps --true-cfg-scale --seed --width --height --ref-size --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --output --format --bit-depth --overwrite --mkdir --vae-tiling --json --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -261,6 +273,10 @@ _qwen__edit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --ref-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --model)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -279,6 +295,18 @@ _qwen__edit() {
                     ;;
                 --dtype)
                     COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
+                    return 0
+                    ;;
+                --lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lightning)
+                    COMPREPLY=($(compgen -W "4 8" -- "${cur}"))
+                    return 0
+                    ;;
+                --lightning-lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --output)
@@ -309,7 +337,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__fetch__subcmd__models)
-            opts="-v -q -h -V --model --revision --token --cache-dir --dry-run --offline --jobs --json --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --model --revision --token --cache-dir --dry-run --offline --jobs --lightning --json --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -333,6 +361,10 @@ _qwen__edit() {
                     ;;
                 --jobs)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lightning)
+                    COMPREPLY=($(compgen -W "4 8 all" -- "${cur}"))
                     return 0
                     ;;
                 --color)

@@ -9,9 +9,10 @@ use anyhow::Context;
 
 use crate::cli::BatchArgs;
 use crate::commands::common::{self, LoadedModel, OutputTarget};
+use crate::commands::lora::{check_job_loras, LoraSource, LoraSpec};
 use crate::error::{exit_code, UserError};
 use crate::io::encode::{BitDepth, OutputFormat};
-use crate::jobs::JobInput;
+use crate::jobs::{JobInput, LoraRef};
 use crate::printer::Printer;
 
 pub fn run(args: BatchArgs, printer: Printer) -> anyhow::Result<u8> {
@@ -61,6 +62,32 @@ pub fn run(args: BatchArgs, printer: Printer) -> anyhow::Result<u8> {
 
 fn run_line(model: &LoadedModel, line: &str, args: &BatchArgs, index: usize) -> anyhow::Result<serde_json::Value> {
     let job = JobInput::parse(line)?.validate()?;
+    if let Some(loras) = &job.loras {
+        let specs: Vec<LoraSpec> = loras
+            .iter()
+            .map(|(src, scale)| {
+                let (source, label) = match src {
+                    LoraRef::Path(p) => (LoraSource::Path(p.into()), p.clone()),
+                    LoraRef::Hub { repo, file } => (
+                        LoraSource::Hub {
+                            repo: repo.clone(),
+                            file: file.clone(),
+                        },
+                        match file {
+                            Some(f) => format!("{repo}:{f}"),
+                            None => repo.clone(),
+                        },
+                    ),
+                };
+                LoraSpec {
+                    source,
+                    scale: *scale,
+                    label,
+                }
+            })
+            .collect();
+        check_job_loras(&specs, &model.loras)?;
+    }
     let output = job
         .output
         .clone()

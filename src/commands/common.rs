@@ -14,7 +14,7 @@ use crate::io::encode::{encode_image, write_atomic, write_stdout, BitDepth, Outp
 use crate::io::source::{read_source, FetchOptions};
 use crate::jobs::Job;
 use crate::models::vae;
-use crate::pipeline::edit::{EditOutput, EditPipeline, EditRequest};
+use crate::pipeline::edit::{EditOutput, EditPipeline, EditRequest, LoadOptions};
 use crate::printer::Printer;
 
 /// A pipeline loaded once for many jobs.
@@ -24,6 +24,8 @@ pub struct LoadedModel {
     pub name: String,
     pub dtype: DType,
     pub load_seconds: f64,
+    /// The LoRAs merged at load (the Lightning one first), as given.
+    pub loras: Vec<super::lora::LoraSpec>,
 }
 
 impl LoadedModel {
@@ -37,14 +39,35 @@ impl LoadedModel {
             folder.kind.class_name(),
             folder.root.display()
         ));
+        let (lora_specs, loras, preset) = super::lora::from_args(args, &folder, printer)?;
         let t0 = std::time::Instant::now();
-        let mut pipeline = EditPipeline::load(&folder, &device, dtype)?;
+        let opts = LoadOptions {
+            loras,
+            lora_strict: !args.lora.no_lora_strict,
+        };
+        let mut pipeline = EditPipeline::load_with(&folder, &device, dtype, &opts)?;
         pipeline.set_vae_tiling(vae_tiling);
+        pipeline.set_preset(preset)?;
+        for r in pipeline.loras() {
+            printer.status(format!(
+                "LoRA {} @ {}: {} modules merged ({} layout)",
+                r.label, r.scale, r.modules, r.layout
+            ));
+            if !r.skipped.is_empty() {
+                printer.warn(format!(
+                    "LoRA {}: skipped {} key(s) that adapt nothing, e.g. {}",
+                    r.label,
+                    r.skipped.len(),
+                    r.skipped[0]
+                ));
+            }
+        }
         Ok(Self {
             pipeline,
             name: args.model.clone(),
             dtype,
             load_seconds: t0.elapsed().as_secs_f64(),
+            loras: lora_specs,
         })
     }
 }
