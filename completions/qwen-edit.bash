@@ -37,9 +37,6 @@ _qwen__edit() {
             qwen__edit,help)
                 cmd="qwen__edit__subcmd__help"
                 ;;
-            qwen__edit,serve)
-                cmd="qwen__edit__subcmd__serve"
-                ;;
             qwen__edit__subcmd__help,batch)
                 cmd="qwen__edit__subcmd__help__subcmd__batch"
                 ;;
@@ -61,9 +58,6 @@ _qwen__edit() {
             qwen__edit__subcmd__help,help)
                 cmd="qwen__edit__subcmd__help__subcmd__help"
                 ;;
-            qwen__edit__subcmd__help,serve)
-                cmd="qwen__edit__subcmd__help__subcmd__serve"
-                ;;
             *)
                 ;;
         esac
@@ -71,7 +65,7 @@ _qwen__edit() {
 
     case "${cmd}" in
         qwen__edit)
-            opts="-v -q -h -V --verbose --quiet --color --help --version edit doctor fetch-models batch serve bench completions help"
+            opts="-v -q -h -V --verbose --quiet --color --help --version edit doctor fetch-models batch bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -89,7 +83,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__batch)
-            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --output-dir --overwrite --mkdir --vae-tiling --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --output-dir --overwrite --mkdir --vae-tiling --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -115,6 +109,18 @@ _qwen__edit() {
                     COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
                     return 0
                     ;;
+                --lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lightning)
+                    COMPREPLY=($(compgen -W "4 8" -- "${cur}"))
+                    return 0
+                    ;;
+                --lightning-lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --output-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -131,7 +137,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__bench)
-            opts="-v -q -h -V --component --size --refs --txt-len --warmup --iters --device --dtype --load --json --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --component --size --refs --txt-len --warmup --iters --device --dtype --json --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -167,10 +173,6 @@ _qwen__edit() {
                     ;;
                 --dtype)
                     COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
-                    return 0
-                    ;;
-                --load)
-                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --color)
@@ -225,7 +227,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__edit)
-            opts="-p -n -o -v -q -h -V --prompt --prompt-file --negative-prompt --steps --true-cfg-scale --seed --width --height --ref-size --model --revision --offline --cache-dir --device --dtype --output --format --bit-depth --overwrite --mkdir --vae-tiling --json --verbose --quiet --color --help --version"
+            opts="-p -n -o -v -q -h -V --prompt --prompt-file --negative-prompt --steps --true-cfg-scale --seed --width --height --ref-size --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --output --format --bit-depth --overwrite --mkdir --vae-tiling --json --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -295,6 +297,18 @@ _qwen__edit() {
                     COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
                     return 0
                     ;;
+                --lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lightning)
+                    COMPREPLY=($(compgen -W "4 8" -- "${cur}"))
+                    return 0
+                    ;;
+                --lightning-lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --output)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -323,7 +337,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__fetch__subcmd__models)
-            opts="-v -q -h -V --model --revision --token --cache-dir --dry-run --offline --jobs --json --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --model --revision --token --cache-dir --dry-run --offline --jobs --lightning --json --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -349,6 +363,10 @@ _qwen__edit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --lightning)
+                    COMPREPLY=($(compgen -W "4 8 all" -- "${cur}"))
+                    return 0
+                    ;;
                 --color)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
@@ -361,7 +379,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__help)
-            opts="edit doctor fetch-models batch serve bench completions help"
+            opts="edit doctor fetch-models batch bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -465,110 +483,6 @@ _qwen__edit() {
                 return 0
             fi
             case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        qwen__subcmd__edit__subcmd__help__subcmd__serve)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        qwen__subcmd__edit__subcmd__serve)
-            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --test-input --http --api-key --allow-path --max-image-mb --max-request-mb --fetch-timeout --no-warmup --vae-tiling --progress-interval --poll-timeout --post-timeout --post-tries --backoff-ms --queue-size --verbose --quiet --color --help --version"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --model)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --revision)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --cache-dir)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --device)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --dtype)
-                    COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
-                    return 0
-                    ;;
-                --test-input)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --http)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --api-key)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --allow-path)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --max-image-mb)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --max-request-mb)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --fetch-timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --progress-interval)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --poll-timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --post-timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --post-tries)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --backoff-ms)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --queue-size)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --color)
-                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
-                    return 0
-                    ;;
                 *)
                     COMPREPLY=()
                     ;;

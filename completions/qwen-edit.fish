@@ -54,6 +54,10 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l cache-dir -
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l device -d 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l dtype -d 'Compute dtype (default: bf16 on CUDA, f32 on CPU)' -r -f -a "bf16\t''
 f32\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l lora -d 'Merge a LoRA into the transformer (repeatable): a .safetensors file, or a hub repo `ORG/NAME` (its only .safetensors file) or `ORG/NAME:PATH/IN/REPO.safetensors`; `@SCALE` multiplies the update (default 1). Reads diffusers/PEFT, kohya, lightx2v and DiffSynth keys' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l lightning -d 'Few-step Lightning preset: merges the lightx2v Qwen-Image-Lightning LoRA for the loaded model (Edit, 2509 or 2511) and STEPS steps, uses its scheduler (static shift 3, no terminal stretch) and turns CFG off; --steps / --true-cfg-scale still override' -r -f -a "4\t''
+8\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l lightning-lora -d 'The Lightning LoRA to use instead of lightx2v\'s file for the model (a path or `ORG/NAME[:FILE]`, e.g. an fp32 variant or a local copy)' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s o -l output -d 'Output file, or `-` for the encoded image on stdout. Default: `<first input>-edited.png`' -r -F
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l format -d 'Output format (default: from the output file\'s extension, else png)' -r -f -a "png\t''
 jpeg\t''
@@ -65,6 +69,7 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l color -d 'W
 always\t''
 never\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l offline -d 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l no-lora-strict -d 'Merge what matches and skip (with a warning) LoRA keys that adapt nothing in the transformer. By default such keys, text-encoder keys included, are an error naming them'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l overwrite -d 'Replace the output file if it exists'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l mkdir -d 'Create missing parent folders of the output file'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l vae-tiling -d 'Decode/encode the VAE in tiles (256 px tiles, 192 px stride): less memory for large images'
@@ -87,6 +92,9 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l rev
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l token -d 'Hub token for gated or private repos' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l cache-dir -d 'Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)' -r -F
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l jobs -d 'Files downloaded at once' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l lightning -d 'Also fetch the Lightning LoRAs of the model (`4`, `8`, or both when no value is given)' -r -f -a "4\t''
+8\t''
+all\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand fetch-models" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
 always\t''
 never\t''"
@@ -103,11 +111,16 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l cache-dir 
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l device -d 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l dtype -d 'Compute dtype (default: bf16 on CUDA, f32 on CPU)' -r -f -a "bf16\t''
 f32\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l lora -d 'Merge a LoRA into the transformer (repeatable): a .safetensors file, or a hub repo `ORG/NAME` (its only .safetensors file) or `ORG/NAME:PATH/IN/REPO.safetensors`; `@SCALE` multiplies the update (default 1). Reads diffusers/PEFT, kohya, lightx2v and DiffSynth keys' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l lightning -d 'Few-step Lightning preset: merges the lightx2v Qwen-Image-Lightning LoRA for the loaded model (Edit, 2509 or 2511) and STEPS steps, uses its scheduler (static shift 3, no terminal stretch) and turns CFG off; --steps / --true-cfg-scale still override' -r -f -a "4\t''
+8\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l lightning-lora -d 'The Lightning LoRA to use instead of lightx2v\'s file for the model (a path or `ORG/NAME[:FILE]`, e.g. an fp32 variant or a local copy)' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l output-dir -d 'Folder for jobs without an `output` path (named `<line index>.png`)' -r -F
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l offline -d 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l no-lora-strict -d 'Merge what matches and skip (with a warning) LoRA keys that adapt nothing in the transformer. By default such keys, text-encoder keys included, are an error naming them'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l overwrite -d 'Replace existing output files'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l mkdir -d 'Create missing output folders'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l vae-tiling -d 'Tiled VAE encode/decode'

@@ -84,7 +84,9 @@ pub enum Command {
     ///
     /// Each input line is a job: {"prompt", "image" | "image_url" | "image_base64" | "image_path" |
     /// "images": [...], "output", "negative_prompt", "seed", "steps", "true_cfg_scale", "width",
-    /// "height", "output_format", "ref_size"}. Results go to stdout in input order; a failed job is reported and
+    /// "height", "output_format", "ref_size", "loras": [{"path" | "repo", "file", "scale"}]}. LoRAs
+    /// are merged once at startup (--lora, --lightning): a job's `loras`, when given, must equal
+    /// that set. Results go to stdout in input order; a failed job is reported and
     /// the batch goes on; the exit code is 1 if any job failed.
     #[command(after_long_help = AFTER_HELP)]
     Batch(BatchArgs),
@@ -140,6 +142,46 @@ pub struct ModelArgs {
     /// Compute dtype (default: bf16 on CUDA, f32 on CPU).
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
+
+    #[command(flatten)]
+    pub lora: LoraArgs,
+}
+
+/// LoRA adapters and the Lightning presets (merged into the transformer once, at load).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LoraArgs {
+    /// Merge a LoRA into the transformer (repeatable): a .safetensors file, or a hub repo
+    /// `ORG/NAME` (its only .safetensors file) or `ORG/NAME:PATH/IN/REPO.safetensors`; `@SCALE`
+    /// multiplies the update (default 1). Reads diffusers/PEFT, kohya, lightx2v and DiffSynth keys.
+    #[arg(long = "lora", value_name = "PATH_OR_REPO[:FILE][@SCALE]", help_heading = "LoRA")]
+    pub loras: Vec<String>,
+
+    /// Merge what matches and skip (with a warning) LoRA keys that adapt nothing in the
+    /// transformer. By default such keys, text-encoder keys included, are an error naming them.
+    #[arg(long, help_heading = "LoRA")]
+    pub no_lora_strict: bool,
+
+    /// Few-step Lightning preset: merges the lightx2v Qwen-Image-Lightning LoRA for the loaded model
+    /// (Edit, 2509 or 2511) and STEPS steps, uses its scheduler (static shift 3, no terminal
+    /// stretch) and turns CFG off; --steps / --true-cfg-scale still override.
+    #[arg(long, value_name = "STEPS", value_parser = lightning_steps(), help_heading = "LoRA")]
+    pub lightning: Option<u32>,
+
+    /// The Lightning LoRA to use instead of lightx2v's file for the model (a path or
+    /// `ORG/NAME[:FILE]`, e.g. an fp32 variant or a local copy).
+    #[arg(
+        long,
+        value_name = "PATH_OR_REPO[:FILE]",
+        requires = "lightning",
+        help_heading = "LoRA"
+    )]
+    pub lightning_lora: Option<String>,
+}
+
+/// `4` or `8`.
+fn lightning_steps() -> impl clap::builder::TypedValueParser<Value = u32> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["4", "8"]).map(|s| if s == "4" { 4 } else { 8 })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -265,6 +307,10 @@ pub struct FetchModelsArgs {
     /// Files downloaded at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32), value_name = "N")]
     pub jobs: u16,
+
+    /// Also fetch the Lightning LoRAs of the model (`4`, `8`, or both when no value is given).
+    #[arg(long, value_name = "STEPS", num_args = 0..=1, default_missing_value = "all", value_parser = ["4", "8", "all"])]
+    pub lightning: Option<String>,
 
     /// Print a JSON summary on stdout.
     #[arg(long)]

@@ -27,6 +27,23 @@ impl ImageRef {
     }
 }
 
+/// One entry of a job's `loras`: `{"path": …}` or `{"repo": …, "file": …}`, and `scale` (default 1).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobLora {
+    pub path: Option<String>,
+    pub repo: Option<String>,
+    pub file: Option<String>,
+    pub scale: Option<f64>,
+}
+
+/// A validated `loras` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoraRef {
+    Path(String),
+    Hub { repo: String, file: Option<String> },
+}
+
 /// A job as sent (unknown keys are refused so typos don't go unnoticed).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +65,8 @@ pub struct JobInput {
     pub output_format: Option<String>,
     /// qwen-edit extension: side of the area the references are resized to (default 1024).
     pub ref_size: Option<u32>,
+    /// LoRAs the job expects (must equal those merged at startup; absent: whatever was merged).
+    pub loras: Option<Vec<JobLora>>,
     /// Batch mode: where to write the result.
     pub output: Option<PathBuf>,
 }
@@ -65,6 +84,8 @@ pub struct Job {
     pub height: Option<u32>,
     pub output_format: Option<String>,
     pub ref_size: Option<u32>,
+    /// `(source, scale)` per LoRA; `None` when the job does not say.
+    pub loras: Option<Vec<(LoraRef, f64)>>,
     pub output: Option<PathBuf>,
 }
 
@@ -127,8 +148,32 @@ impl JobInput {
                 }
             }
         }
+        let loras = match self.loras {
+            None => None,
+            Some(list) => Some(
+                list.into_iter()
+                    .map(|l| {
+                        let scale = l.scale.unwrap_or(1.0);
+                        if !scale.is_finite() {
+                            return Err(bad("a LoRA `scale` must be a finite number"));
+                        }
+                        let src = match (l.path, l.repo, l.file) {
+                            (Some(p), None, None) => LoraRef::Path(p),
+                            (None, Some(repo), file) => LoraRef::Hub { repo, file },
+                            _ => {
+                                return Err(bad(
+                                    "each entry of `loras` needs `path`, or `repo` (and optionally `file`)",
+                                ))
+                            }
+                        };
+                        Ok((src, scale))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
+        };
         Ok(Job {
             prompt,
+            loras,
             images,
             negative_prompt: self.negative_prompt,
             seed,
@@ -164,6 +209,22 @@ mod tests {
             .unwrap();
         assert_eq!(j.images, vec!["a.png", "b.png"]);
         assert_eq!(j.seed, Some(5));
+        let j = JobInput::parse(r#"{"prompt":"x","image":"a","loras":[{"repo":"o/n","file":"f.safetensors","scale":0.5},{"path":"s.safetensors"}]}"#)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let loras = j.loras.unwrap();
+        assert_eq!(
+            loras[0],
+            (
+                LoraRef::Hub {
+                    repo: "o/n".into(),
+                    file: Some("f.safetensors".into())
+                },
+                0.5
+            )
+        );
+        assert_eq!(loras[1], (LoraRef::Path("s.safetensors".into()), 1.0));
     }
 
     #[test]
@@ -177,6 +238,8 @@ mod tests {
             r#"{"prompt":"x","image":"a","steps":0}"#,
             r#"{"prompt":"x","image":"a","width":3}"#,
             r#"{"prompt":"x","image":"a","promt":"typo"}"#,
+            r#"{"prompt":"x","image":"a","loras":[{"path":"a","repo":"o/n"}]}"#,
+            r#"{"prompt":"x","image":"a","loras":[{"scale":1}]}"#,
             r#"not json"#,
         ] {
             let err = JobInput::parse(text).and_then(JobInput::validate).unwrap_err();

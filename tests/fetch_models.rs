@@ -754,3 +754,53 @@ fn ensure_model_downloads_once_then_uses_the_cache() {
     let again = qwen_edit::hub::ensure_model(REPO, "main", tmp.path(), false, None, &printer).unwrap();
     assert_eq!(again, dir);
 }
+
+#[test]
+fn a_hub_lora_file_is_downloaded_into_the_cache_then_reused_offline() {
+    let hub = Hub::start(State::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-plus");
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/lora_pipeline_plus_input0.png");
+    // The shard is no LoRA: it is fetched as a LoRA file, then refused (exit 3) naming its key.
+    let edit = |extra: &[&str]| {
+        let mut c = qwen_edit(&hub.endpoint(), tmp.path());
+        c.arg("edit")
+            .arg(&input)
+            .args(["-p", "x", "--device", "cpu", "--model"])
+            .arg(&model)
+            .args(["--lora", &format!("{REPO}:{SHARD1}@0.5"), "-o"])
+            .arg(tmp.path().join("out.png"))
+            .env("HF_HUB_CACHE", &cache)
+            .args(extra);
+        c.output().unwrap()
+    };
+    let out = edit(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a LoRA key layout"), "{}", stderr(&out));
+    let linked = repo_dir(&cache).join("snapshots").join(COMMIT).join(SHARD1);
+    assert_eq!(std::fs::read(&linked).unwrap(), content(SHARD1));
+    assert_eq!(
+        std::fs::read_to_string(repo_dir(&cache).join("refs/main")).unwrap(),
+        COMMIT
+    );
+    // Offline: served from the cache, no request.
+    let before = hub.log().len();
+    let out = edit(&["--offline"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(hub.log().len(), before);
+    // A file the repo does not have: exit 4 naming it.
+    let mut c = qwen_edit(&hub.endpoint(), tmp.path());
+    let out = c
+        .arg("edit")
+        .arg(&input)
+        .args(["-p", "x", "--device", "cpu", "--model"])
+        .arg(&model)
+        .args(["--lora", &format!("{REPO}:nope.safetensors"), "-o"])
+        .arg(tmp.path().join("out.png"))
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nope.safetensors"), "{}", stderr(&out));
+}

@@ -1004,6 +1004,51 @@ fn pipeline_goldens() {
 }
 
 // ------------------------------------------------------------------------------------------------------------------
+// LoRA fixtures (gen_lora.py)
+// ------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn lora_files_and_goldens_open() {
+    for (layout, keys, dtype, prefix) in [
+        ("diffusers", 64, Dtype::F32, "transformer."),
+        ("kohya", 96, Dtype::F32, "lora_unet_"),
+        ("diffsynth", 64, Dtype::F32, "transformer_blocks."),
+        ("lightx2v", 96, Dtype::BF16, "diffusion_model."),
+    ] {
+        let path = root().join("lora").join(format!("tiny_plus_{layout}.safetensors"));
+        let bytes = fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.len(), keys, "{layout}");
+        for (name, view) in st.tensors() {
+            assert_eq!(view.dtype(), dtype, "{layout} {name}");
+            assert!(name.starts_with(prefix) || !name.contains("blocks"), "{layout} {name}");
+        }
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let has_peft_meta = meta
+            .metadata()
+            .as_ref()
+            .is_some_and(|m| m.contains_key("lora_adapter_metadata"));
+        assert_eq!(has_peft_meta, layout == "diffusers", "{layout}");
+    }
+    let bytes = fs::read(golden("lora_transformer.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    for layout in ["diffusers", "kohya", "diffsynth", "lightx2v"] {
+        for scale in ["1.0", "0.5"] {
+            let t = st.tensor(&format!("output.{layout}.scale{scale}")).unwrap();
+            assert_eq!(t.shape(), [1, 63, 64]);
+        }
+    }
+    assert_eq!(st.tensor("output.base").unwrap().shape(), [1, 63, 64]);
+    let bytes = fs::read(golden("lora_pipeline_plus.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("output").unwrap().shape(), [1, 3, 48, 32]);
+    assert!(st.tensor("latents_step1").is_ok());
+    let v: Value = serde_json::from_str(&fs::read_to_string(golden("lightning.json")).unwrap()).unwrap();
+    assert_eq!(v["steps4"]["sigmas"].as_array().unwrap().len(), 5);
+    assert_eq!(v["steps8"]["sigmas"].as_array().unwrap().len(), 9);
+}
+
+// ------------------------------------------------------------------------------------------------------------------
 // Size budget
 // ------------------------------------------------------------------------------------------------------------------
 
@@ -1045,6 +1090,8 @@ fn fixture_size_budget() {
         "pipeline_",
         "scheduler.json",
         "randn.safetensors",
+        "lora_",
+        "lightning.json",
     ];
     for e in fs::read_dir(root().join("golden")).unwrap() {
         let n = e.unwrap().file_name().to_string_lossy().to_string();

@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::cli::BatchArgs;
 use crate::commands::common::{self, LoadedModel, OutputTarget};
+use crate::commands::lora::check_job;
 use crate::error::{exit_code, UserError};
 use crate::io::encode::{BitDepth, OutputFormat};
 use crate::jobs::JobInput;
@@ -61,6 +62,7 @@ pub fn run(args: BatchArgs, printer: Printer) -> anyhow::Result<u8> {
 
 fn run_line(model: &LoadedModel, line: &str, args: &BatchArgs, index: usize) -> anyhow::Result<serde_json::Value> {
     let job = JobInput::parse(line)?.validate()?;
+    check_job(&job, &model.loras)?;
     let output = job
         .output
         .clone()

@@ -14,7 +14,7 @@ use crate::io::encode::{encode_image, write_atomic, write_stdout, BitDepth, Outp
 use crate::io::source::{read_source, FetchOptions};
 use crate::jobs::Job;
 use crate::models::{vae, weights};
-use crate::pipeline::edit::{EditOutput, EditPipeline, EditRequest};
+use crate::pipeline::edit::{EditOutput, EditPipeline, EditRequest, LoadOptions};
 use crate::printer::Printer;
 
 /// A pipeline loaded once for many jobs.
@@ -24,6 +24,8 @@ pub struct LoadedModel {
     pub name: String,
     pub dtype: DType,
     pub load_seconds: f64,
+    /// The LoRAs merged at load (the Lightning one first), as given.
+    pub loras: Vec<super::lora::LoraSpec>,
 }
 
 impl LoadedModel {
@@ -37,19 +39,25 @@ impl LoadedModel {
             folder.kind.class_name(),
             folder.root.display()
         ));
+        let (lora_specs, loras, preset) = super::lora::from_args(args, &folder, printer)?;
         let t0 = std::time::Instant::now();
         let dirs: Vec<PathBuf> = ["text_encoder", "transformer", "vae"]
             .iter()
             .map(|c| folder.component(c))
             .collect();
         let bytes = weights::weight_bytes(&dirs);
+        let opts = LoadOptions {
+            loras,
+            lora_strict: !args.lora.no_lora_strict,
+        };
         let bar = printer.bytes_bar(bytes, "loading weights");
         let tracking = weights::track_loading(bar.clone());
-        let loaded = EditPipeline::load(&folder, &device, dtype);
+        let loaded = EditPipeline::load_with(&folder, &device, dtype, &opts);
         drop(tracking);
         bar.finish_and_clear();
         let mut pipeline = loaded?;
         pipeline.set_vae_tiling(vae_tiling);
+        pipeline.set_preset(preset)?;
         let secs = t0.elapsed().as_secs_f64();
         printer.status(format!(
             "loaded {:.2} GB in {secs:.1} s ({:.2} GB/s) on {} as {dtype:?}",
@@ -57,11 +65,26 @@ impl LoadedModel {
             bytes as f64 / 1e9 / secs.max(1e-9),
             args.device
         ));
+        for r in pipeline.loras() {
+            printer.status(format!(
+                "LoRA {} @ {}: {} modules merged ({} layout)",
+                r.label, r.scale, r.modules, r.layout
+            ));
+            if !r.skipped.is_empty() {
+                printer.warn(format!(
+                    "LoRA {}: skipped {} key(s) that adapt nothing, e.g. {}",
+                    r.label,
+                    r.skipped.len(),
+                    r.skipped[0]
+                ));
+            }
+        }
         Ok(Self {
             pipeline,
             name: args.model.clone(),
             dtype,
             load_seconds: secs,
+            loras: lora_specs,
         })
     }
 }

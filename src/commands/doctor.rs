@@ -102,6 +102,8 @@ pub struct Report {
     pub cache_dir: PathBuf,
     pub cache_free_bytes: Option<u64>,
     pub models: Vec<ModelReport>,
+    /// LoRA files in the cache (safetensors of repos that are not pipelines).
+    pub loras: Vec<hub::files::CachedFile>,
     pub ram_total_bytes: Option<u64>,
     pub ram_available_bytes: Option<u64>,
     /// Why `edit` cannot run on a GPU (the failed checks).
@@ -323,6 +325,7 @@ pub fn collect(cache: &std::path::Path) -> Report {
         cache_dir: cache.to_path_buf(),
         cache_free_bytes: free,
         models,
+        loras: hub::files::cached_safetensors(cache),
         ram_total_bytes: ram_total,
         ram_available_bytes: ram_avail,
         reasons,

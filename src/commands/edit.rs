@@ -103,6 +103,7 @@ pub fn run(args: EditArgs, printer: Printer) -> anyhow::Result<u8> {
             "pipeline": model.pipeline.kind.class_name(),
             "device": args.model.device,
             "dtype": format!("{:?}", model.dtype).to_lowercase(),
+            "loras": model.pipeline.loras(),
             "timings": {
                 "load": model.load_seconds,
                 "encode_prompt": out.timings.encode_prompt,

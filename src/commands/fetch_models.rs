@@ -6,7 +6,9 @@ use std::io::Write;
 
 use crate::cli::FetchModelsArgs;
 use crate::error::UserError;
+use crate::hub::files::FileRequest;
 use crate::hub::{self, api, FetchOptions, FetchSummary, FileStatus};
+use crate::pipeline::lightning::{lightning_file, LightningFile, ModelVariant, LIGHTNING_STEPS};
 use crate::printer::Printer;
 
 pub fn run(args: FetchModelsArgs, printer: Printer) -> anyhow::Result<u8> {
@@ -19,11 +21,13 @@ pub fn run(args: FetchModelsArgs, printer: Printer) -> anyhow::Result<u8> {
         .into());
     }
     let cache = hub::cache_dir(args.cache_dir.as_deref());
+    let lightning = lightning_files(&args, &repo)?;
 
     if args.offline || hub::offline_from_env() {
         let summary = hub::offline_summary(&repo, &args.revision, &cache);
         print_offline(&summary, args.json, &printer)?;
-        return Ok(if summary.complete { 0 } else { 4 });
+        let loras_ok = fetch_lightning(&lightning, &cache, None, true, false, &printer)?;
+        return Ok(if summary.complete && loras_ok { 0 } else { 4 });
     }
 
     let token = args
@@ -44,6 +48,7 @@ pub fn run(args: FetchModelsArgs, printer: Printer) -> anyhow::Result<u8> {
         },
         &printer,
     )?;
+    fetch_lightning(&lightning, &cache, token.as_deref(), false, args.dry_run, &printer)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &summary)?;
@@ -67,6 +72,63 @@ pub fn run(args: FetchModelsArgs, printer: Printer) -> anyhow::Result<u8> {
         ));
     }
     Ok(0)
+}
+
+/// The Lightning LoRA files `--lightning` asks for, for the model repo `repo`.
+fn lightning_files(args: &FetchModelsArgs, repo: &str) -> anyhow::Result<Vec<LightningFile>> {
+    let Some(which) = args.lightning.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let variant = ModelVariant::from_repo(repo).ok_or_else(|| {
+        UserError::bad_input(format!(
+            "cannot tell which Lightning LoRA fits {repo}: --lightning knows Qwen-Image-Edit, -2509 and -2511"
+        ))
+        .with_hint("fetch a LoRA of another repo with `qwen-edit edit --lora ORG/NAME:FILE` (downloads on first use)")
+    })?;
+    let steps: Vec<usize> = match which {
+        "4" => vec![4],
+        "8" => vec![8],
+        _ => LIGHTNING_STEPS.to_vec(),
+    };
+    steps.into_iter().map(|n| lightning_file(variant, n)).collect()
+}
+
+/// Fetches (or, offline / dry run, checks) the Lightning files; returns whether all are cached.
+fn fetch_lightning(
+    files: &[LightningFile],
+    cache: &std::path::Path,
+    token: Option<&str>,
+    offline: bool,
+    dry_run: bool,
+    printer: &Printer,
+) -> anyhow::Result<bool> {
+    let mut all = true;
+    for f in files {
+        let req = FileRequest {
+            repo: f.repo,
+            revision: "main",
+            cache,
+            offline,
+            token,
+            dry_run,
+        };
+        match hub::files::ensure_files(&req, std::slice::from_ref(&f.file), printer) {
+            Ok(got) => {
+                for g in got {
+                    let size = g.size.map(hub::human_bytes).unwrap_or_default();
+                    let state = if g.cached { "cached" } else { "to fetch" };
+                    printer.status(format!("Lightning LoRA {}:{} ({size}, {state})", g.repo, g.path));
+                    all &= g.cached;
+                }
+            }
+            Err(e) if offline => {
+                printer.warn(format!("{e:#}"));
+                all = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(all)
 }
 
 fn short_commit(s: &FetchSummary) -> &str {

@@ -7,6 +7,7 @@ pub mod completions;
 pub mod doctor;
 pub mod edit;
 pub mod fetch_models;
+pub mod lora;
 pub mod model;
 pub mod serve;
 

@@ -174,7 +174,7 @@ fn check_rel_path(path: &str) -> anyhow::Result<()> {
 }
 
 /// The file's entry in the plan, from the API's metadata.
-fn entry_for(s: &Sibling) -> anyhow::Result<FileReport> {
+pub(super) fn entry_for(s: &Sibling) -> anyhow::Result<FileReport> {
     check_rel_path(&s.rfilename)?;
     let blob = s.blob_name().ok_or_else(|| {
         anyhow::anyhow!(
@@ -433,7 +433,7 @@ fn store_bytes(ctx: &Ctx<'_>, f: &FileReport, bytes: &[u8]) -> anyhow::Result<()
 }
 
 /// Downloads every file not yet complete, `jobs` at a time; returns the bytes received.
-fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow::Result<u64> {
+pub(super) fn download_all(ctx: &Ctx<'_>, files: &mut [FileReport], jobs: usize) -> anyhow::Result<u64> {
     let todo: Vec<usize> = (0..files.len())
         .filter(|&i| files[i].status == FileStatus::Pending)
         .collect();
@@ -496,7 +496,7 @@ pub fn link_target(rel: &str, blob: &str) -> PathBuf {
 
 /// Makes `snapshots/<commit>/<rel>` a relative link to its blob (atomically replacing a wrong one;
 /// a regular file of the right size, as a copying cache leaves, is kept).
-fn link_snapshot(folder: &Path, commit: &str, rel: &str, blob: &str) -> anyhow::Result<()> {
+pub(super) fn link_snapshot(folder: &Path, commit: &str, rel: &str, blob: &str) -> anyhow::Result<()> {
     let dst = folder.join("snapshots").join(commit).join(rel);
     let target = link_target(rel, blob);
     let blob_path = folder.join("blobs").join(blob);
@@ -530,7 +530,7 @@ fn link_snapshot(folder: &Path, commit: &str, rel: &str, blob: &str) -> anyhow::
 }
 
 /// Writes `refs/<revision>` = `commit` (atomically; no newline, as huggingface_hub writes it).
-fn write_ref(folder: &Path, revision: &str, commit: &str) -> anyhow::Result<()> {
+pub(super) fn write_ref(folder: &Path, revision: &str, commit: &str) -> anyhow::Result<()> {
     check_rel_path(revision).map_err(|_| UserError::bad_input(format!("`{revision}` cannot be a revision name")))?;
     let path = folder.join("refs").join(revision);
     if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == commit) {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cache;
 pub mod download;
+pub mod files;
 mod transfer;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! Each component loads from its diffusers folder (`config.json` + safetensors, key names exactly as
 //! on disk) and never sees the CLI, the hub or image files. Shared building blocks live in [`nn`].
 
+pub mod lora;
 pub mod nn;
 pub mod presets;
 pub mod random;

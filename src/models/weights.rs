@@ -150,6 +150,11 @@ impl ComponentWeights {
         v
     }
 
+    /// The shape of tensor `name` as stored, without loading it.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.st.get(name).ok().map(|v| v.shape().to_vec())
+    }
+
     fn where_(&self, name: &str) -> String {
         match self.shard_of.get(name) {
             Some(shard) => format!("{} (shard {shard})", self.dir.display()),

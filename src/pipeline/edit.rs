@@ -12,6 +12,7 @@ use image::RgbImage;
 
 use crate::error::UserError;
 use crate::io::resize::{resize_rgb, Filter};
+use crate::models::lora::{AdapterReport, LoraFile};
 use crate::models::text_encoder::{PromptEmbeds, PromptEncoder};
 use crate::models::transformer::QwenImageTransformer2DModel;
 use crate::models::vae::{self, AutoencoderKLQwenImage, TilingMode};
@@ -79,6 +80,33 @@ pub trait StepObserver {
 
 impl StepObserver for () {}
 
+/// What [`EditPipeline::load_with`] loads besides the model folder.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// LoRAs merged into the transformer at load.
+    pub loras: Vec<LoraFile>,
+    /// Refuse LoRA keys that adapt nothing (default on).
+    pub lora_strict: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            loras: Vec::new(),
+            lora_strict: true,
+        }
+    }
+}
+
+/// Defaults that replace the model card's: a scheduler config, a step count and a CFG scale (the
+/// Lightning presets). A request's own `steps` / `true_cfg_scale` still win.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preset {
+    pub scheduler: SchedulerConfig,
+    pub steps: usize,
+    pub true_cfg_scale: f64,
+}
+
 /// A loaded pipeline.
 pub struct EditPipeline {
     pub kind: PipelineKind,
@@ -86,6 +114,8 @@ pub struct EditPipeline {
     vae: AutoencoderKLQwenImage,
     text_encoder: PromptEncoder,
     scheduler: SchedulerConfig,
+    preset: Option<Preset>,
+    loras: Vec<AdapterReport>,
     device: Device,
     dtype: DType,
 }
@@ -93,10 +123,15 @@ pub struct EditPipeline {
 impl EditPipeline {
     /// Loads every component of `folder` onto `device` in `dtype`.
     pub fn load(folder: &ModelFolder, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        Self::load_inner(folder, device, dtype).map_err(|e| crate::device::classify_error(e, device))
+        Self::load_with(folder, device, dtype, &LoadOptions::default())
     }
 
-    fn load_inner(folder: &ModelFolder, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+    /// [`Self::load`] with LoRAs merged into the transformer.
+    pub fn load_with(folder: &ModelFolder, device: &Device, dtype: DType, opts: &LoadOptions) -> anyhow::Result<Self> {
+        Self::load_inner(folder, device, dtype, opts).map_err(|e| crate::device::classify_error(e, device))
+    }
+
+    fn load_inner(folder: &ModelFolder, device: &Device, dtype: DType, opts: &LoadOptions) -> anyhow::Result<Self> {
         let scheduler = SchedulerConfig::from_dir(&folder.component("scheduler"))?;
         let text_encoder = PromptEncoder::load(
             &folder.component("text_encoder"),
@@ -105,8 +140,14 @@ impl EditPipeline {
             device,
         )
         .context("loading the text encoder")?;
-        let transformer = QwenImageTransformer2DModel::load(&folder.component("transformer"), dtype, device)
-            .context("loading the transformer")?;
+        let (transformer, loras) = QwenImageTransformer2DModel::load_with_loras(
+            &folder.component("transformer"),
+            dtype,
+            device,
+            &opts.loras,
+            opts.lora_strict,
+        )
+        .context("loading the transformer")?;
         let vae = AutoencoderKLQwenImage::load(&folder.component("vae"), dtype, device).context("loading the VAE")?;
         Ok(Self {
             kind: folder.kind,
@@ -114,6 +155,8 @@ impl EditPipeline {
             vae,
             text_encoder,
             scheduler,
+            preset: None,
+            loras,
             device: device.clone(),
             dtype,
         })
@@ -134,7 +177,34 @@ impl EditPipeline {
 
     /// The step count used when a request gives none.
     pub fn default_steps(&self) -> usize {
-        self.kind.default_steps()
+        self.preset.as_ref().map_or(self.kind.default_steps(), |p| p.steps)
+    }
+
+    /// The true CFG scale used when a request gives none.
+    pub fn default_true_cfg_scale(&self) -> f64 {
+        self.preset
+            .as_ref()
+            .map_or(DEFAULT_TRUE_CFG_SCALE, |p| p.true_cfg_scale)
+    }
+
+    /// Replaces the scheduler config and the default steps / CFG scale (e.g. a Lightning preset);
+    /// `None` goes back to the model folder's.
+    pub fn set_preset(&mut self, preset: Option<Preset>) -> anyhow::Result<()> {
+        if let Some(p) = &preset {
+            p.scheduler.validate()?;
+        }
+        self.preset = preset;
+        Ok(())
+    }
+
+    /// The scheduler config in use.
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        self.preset.as_ref().map_or(&self.scheduler, |p| &p.scheduler)
+    }
+
+    /// What was merged from each LoRA at load.
+    pub fn loras(&self) -> &[AdapterReport] {
+        &self.loras
     }
 
     /// Runs one edit.
@@ -208,7 +278,7 @@ impl EditPipeline {
         }
 
         // 3. Prompt embeddings (the negative prompt sees the same images).
-        let true_cfg_scale = req.true_cfg_scale.unwrap_or(DEFAULT_TRUE_CFG_SCALE);
+        let true_cfg_scale = req.true_cfg_scale.unwrap_or(self.default_true_cfg_scale());
         let negative = req
             .negative_prompt
             .clone()
@@ -250,9 +320,10 @@ impl EditPipeline {
         timings.encode_images = t0.elapsed().as_secs_f64();
 
         // 5. Timesteps: mu from the noise tokens only.
-        let steps = req.steps.unwrap_or(self.kind.default_steps());
-        let mut scheduler = FlowMatchEulerScheduler::new(self.scheduler.clone());
-        let mu = self.scheduler.mu(n_out);
+        let steps = req.steps.unwrap_or(self.default_steps());
+        let scheduler_cfg = self.scheduler_config();
+        let mut scheduler = FlowMatchEulerScheduler::new(scheduler_cfg.clone());
+        let mu = scheduler_cfg.mu(n_out);
         scheduler.set_timesteps(steps, mu)?;
         let timesteps: Vec<f32> = scheduler.timesteps().to_vec();
         observer.on_start(timesteps.len());

@@ -67,6 +67,22 @@ impl ModelFolder {
         self.root.join(name)
     }
 
+    /// Which release this folder is: Edit from the pipeline class; 2509 or 2511 from the
+    /// transformer's `zero_cond_t` (on only for 2511).
+    pub fn variant(&self) -> anyhow::Result<crate::pipeline::lightning::ModelVariant> {
+        use crate::pipeline::lightning::ModelVariant;
+        if self.kind == PipelineKind::Edit {
+            return Ok(ModelVariant::Edit);
+        }
+        let cfg: crate::models::transformer::TransformerConfig =
+            crate::models::weights::read_config(&self.component("transformer"))?;
+        Ok(if cfg.zero_cond_t {
+            ModelVariant::Edit2511
+        } else {
+            ModelVariant::Edit2509
+        })
+    }
+
     /// Checks `root` and everything in it the pipeline will read; the error lists what is missing.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         let index = root.join("model_index.json");

@@ -4,5 +4,6 @@
 pub mod edit;
 pub mod latents;
 pub mod layout;
+pub mod lightning;
 pub mod noise;
 pub mod scheduler;

@@ -60,6 +60,12 @@ pub(super) fn render(out: &mut impl Write, r: &Report, color: bool) -> std::io::
         let line = format!("  {:<4}  {:<26}  {:<10}  {:>9}  {at}", m.shorthand, m.repo, state, size);
         writeln!(out, "{}", line.trim_end())?;
     }
+    if !r.loras.is_empty() {
+        writeln!(out, "LoRAs in {}", r.cache_dir.display())?;
+        for l in &r.loras {
+            writeln!(out, "  {:>9}  {}:{}", human_bytes(l.bytes), l.repo, l.path)?;
+        }
+    }
     if r.ok {
         writeln!(
             out,

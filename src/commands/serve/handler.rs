@@ -171,6 +171,7 @@ impl Handler {
             serde_json::from_value(input.clone()).map_err(|e| bad(format!("invalid job input: {e}")))?;
         let declared_base64 = job_input.image_base64.clone();
         let job = job_input.validate()?;
+        crate::commands::lora::check_job(&job, &self.model.loras)?;
         if job.output.is_some() {
             return Err(UserError::bad_input("`output` (a file path) is for `qwen-edit batch`")
                 .with_hint("leave it out: the image is returned in the result")

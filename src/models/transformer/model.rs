@@ -8,6 +8,7 @@
 //! `norm_out.linear`, `proj_out`; weights `[out, in]`, every Linear with a bias.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
@@ -16,6 +17,7 @@ use super::block::{BlockInputs, QwenImageTransformerBlock};
 use super::config::TransformerConfig;
 use super::embed::{QwenEmbedRope, QwenTimestepProjEmbeddings};
 use crate::error::UserError;
+use crate::models::lora::{AdapterReport, LoraBackend, LoraFile, LoraMerge};
 use crate::models::nn::norm::{LayerNormNoAffine, RmsNorm};
 use crate::models::weights::{read_config, ComponentWeights};
 
@@ -95,6 +97,46 @@ impl QwenImageTransformer2DModel {
             .map_err(|e| UserError::model_missing(format!("cannot open the transformer weights: {e}")))?;
         let vb = weights.into_var_builder(dtype, device);
         Self::new(&cfg, vb).map_err(classify_load_error)
+    }
+
+    /// [`Self::load`] with the LoRAs `loras` merged into the weights (see [`crate::models::lora`]);
+    /// `strict` refuses LoRA keys that adapt nothing. Returns what was merged from each file.
+    pub fn load_with_loras(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        loras: &[LoraFile],
+        strict: bool,
+    ) -> anyhow::Result<(Self, Vec<AdapterReport>)> {
+        if loras.is_empty() {
+            return Ok((Self::load(dir, dtype, device)?, Vec::new()));
+        }
+        let cfg: TransformerConfig = read_config(dir).map_err(|e| UserError::model_missing(format!("{e:#}")))?;
+        if let Err(why) = cfg.validate() {
+            return Err(UserError::model_missing(format!(
+                "unsupported transformer config {}: {why}",
+                dir.join("config.json").display()
+            ))
+            .into());
+        }
+        let weights = ComponentWeights::open(dir)
+            .map_err(|e| UserError::model_missing(format!("cannot open the transformer weights: {e}")))?;
+        let merge = Arc::new(LoraMerge::new(loras, &weights, strict)?);
+        let vb = VarBuilder::from_backend(
+            Box::new(LoraBackend::new(weights, merge.clone())),
+            dtype,
+            device.clone(),
+        );
+        let model = Self::new(&cfg, vb).map_err(classify_load_error)?;
+        let unapplied = merge.unapplied();
+        if !unapplied.is_empty() {
+            anyhow::bail!(
+                "{} LoRA-adapted weight(s) are not used by the transformer, e.g. {}",
+                unapplied.len(),
+                unapplied[0]
+            );
+        }
+        Ok((model, merge.reports.clone()))
     }
 
     /// Builds the model from `vb` (root of the transformer's tensors).
