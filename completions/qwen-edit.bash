@@ -37,6 +37,9 @@ _qwen__edit() {
             qwen__edit,help)
                 cmd="qwen__edit__subcmd__help"
                 ;;
+            qwen__edit,serve)
+                cmd="qwen__edit__subcmd__serve"
+                ;;
             qwen__edit__subcmd__help,batch)
                 cmd="qwen__edit__subcmd__help__subcmd__batch"
                 ;;
@@ -58,6 +61,9 @@ _qwen__edit() {
             qwen__edit__subcmd__help,help)
                 cmd="qwen__edit__subcmd__help__subcmd__help"
                 ;;
+            qwen__edit__subcmd__help,serve)
+                cmd="qwen__edit__subcmd__help__subcmd__serve"
+                ;;
             *)
                 ;;
         esac
@@ -65,7 +71,7 @@ _qwen__edit() {
 
     case "${cmd}" in
         qwen__edit)
-            opts="-v -q -h -V --verbose --quiet --color --help --version edit doctor fetch-models batch bench completions help"
+            opts="-v -q -h -V --verbose --quiet --color --help --version edit doctor fetch-models batch serve bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -137,7 +143,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__bench)
-            opts="-v -q -h -V --component --size --refs --txt-len --warmup --iters --device --dtype --json --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --component --size --refs --txt-len --warmup --iters --device --dtype --load --json --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -173,6 +179,10 @@ _qwen__edit() {
                     ;;
                 --dtype)
                     COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
+                    return 0
+                    ;;
+                --load)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --color)
@@ -379,7 +389,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__help)
-            opts="edit doctor fetch-models batch bench completions help"
+            opts="edit doctor fetch-models batch serve bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -483,6 +493,122 @@ _qwen__edit() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        qwen__subcmd__edit__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        qwen__subcmd__edit__subcmd__serve)
+            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --test-input --http --api-key --allow-path --max-image-mb --max-request-mb --fetch-timeout --no-warmup --vae-tiling --progress-interval --poll-timeout --post-timeout --post-tries --backoff-ms --queue-size --verbose --quiet --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --model)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --revision)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cache-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dtype)
+                    COMPREPLY=($(compgen -W "bf16 f32" -- "${cur}"))
+                    return 0
+                    ;;
+                --lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lightning)
+                    COMPREPLY=($(compgen -W "4 8" -- "${cur}"))
+                    return 0
+                    ;;
+                --lightning-lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --test-input)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --http)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --allow-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-image-mb)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-request-mb)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fetch-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --progress-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --poll-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --post-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --post-tries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backoff-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --queue-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -134,6 +134,10 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l cache-dir 
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l device -d 'Device to run on: `cuda`, `cuda:N` or `cpu` (CPU is only practical for tiny test models)' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l dtype -d 'Compute dtype (default: bf16 on CUDA, f32 on CPU)' -r -f -a "bf16\t''
 f32\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l lora -d 'Merge a LoRA into the transformer (repeatable): a .safetensors file, or a hub repo `ORG/NAME` (its only .safetensors file) or `ORG/NAME:PATH/IN/REPO.safetensors`; `@SCALE` multiplies the update (default 1). Reads diffusers/PEFT, kohya, lightx2v and DiffSynth keys' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l lightning -d 'Few-step Lightning preset: merges the lightx2v Qwen-Image-Lightning LoRA for the loaded model (Edit, 2509 or 2511) and STEPS steps, uses its scheduler (static shift 3, no terminal stretch) and turns CFG off; --steps / --true-cfg-scale still override' -r -f -a "4\t''
+8\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l lightning-lora -d 'The Lightning LoRA to use instead of lightx2v\'s file for the model (a path or `ORG/NAME[:FILE]`, e.g. an fp32 variant or a local copy)' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l test-input -d 'Run one job and print its result as JSON on stdout: a file, or the JSON text itself, in RunPod\'s request shape `{"input": {...}}`' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l http -d 'Serve a local HTTP API on ADDR (e.g. 127.0.0.1:8000): POST /runsync, POST /run, GET /status/ID, GET /health, also under /v2/ENDPOINT/' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l api-key -d 'Require this key in the `Authorization` header (raw or `Bearer KEY`) of --http requests' -r
@@ -151,6 +155,7 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l color -d '
 always\t''
 never\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l offline -d 'Never touch the network: use only what is in the hub cache (also HF_HUB_OFFLINE=1)'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l no-lora-strict -d 'Merge what matches and skip (with a warning) LoRA keys that adapt nothing in the transformer. By default such keys, text-encoder keys included, are an error naming them'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l no-warmup -d 'Skip the warm-up edit at startup'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l vae-tiling -d 'Tiled VAE encode/decode'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
