@@ -222,6 +222,38 @@ pub fn check_job_loras(job: &[LoraSpec], loaded: &[LoraSpec]) -> anyhow::Result<
     .into())
 }
 
+/// Refuses a job whose `loras` differ from the LoRAs merged at startup (`loaded`, as given).
+pub fn check_job(job: &crate::jobs::Job, loaded: &[LoraSpec]) -> anyhow::Result<()> {
+    use crate::jobs::LoraRef;
+    if let Some(loras) = &job.loras {
+        let specs: Vec<LoraSpec> = loras
+            .iter()
+            .map(|(src, scale)| {
+                let (source, label) = match src {
+                    LoraRef::Path(p) => (LoraSource::Path(p.into()), p.clone()),
+                    LoraRef::Hub { repo, file } => (
+                        LoraSource::Hub {
+                            repo: repo.clone(),
+                            file: file.clone(),
+                        },
+                        match file {
+                            Some(f) => format!("{repo}:{f}"),
+                            None => repo.clone(),
+                        },
+                    ),
+                };
+                LoraSpec {
+                    source,
+                    scale: *scale,
+                    label,
+                }
+            })
+            .collect();
+        check_job_loras(&specs, loaded)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,36 +285,4 @@ mod tests {
         assert!(parse_spec("@1").is_err());
         assert!(parse_spec("me/style:").is_err());
     }
-}
-
-/// Refuses a job whose `loras` differ from the LoRAs merged at startup (`loaded`, as given).
-pub fn check_job(job: &crate::jobs::Job, loaded: &[LoraSpec]) -> anyhow::Result<()> {
-    use crate::jobs::LoraRef;
-    if let Some(loras) = &job.loras {
-        let specs: Vec<LoraSpec> = loras
-            .iter()
-            .map(|(src, scale)| {
-                let (source, label) = match src {
-                    LoraRef::Path(p) => (LoraSource::Path(p.into()), p.clone()),
-                    LoraRef::Hub { repo, file } => (
-                        LoraSource::Hub {
-                            repo: repo.clone(),
-                            file: file.clone(),
-                        },
-                        match file {
-                            Some(f) => format!("{repo}:{f}"),
-                            None => repo.clone(),
-                        },
-                    ),
-                };
-                LoraSpec {
-                    source,
-                    scale: *scale,
-                    label,
-                }
-            })
-            .collect();
-        check_job_loras(&specs, loaded)?;
-    }
-    Ok(())
 }
