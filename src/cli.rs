@@ -456,11 +456,21 @@ pub struct ServeArgs {
     pub queue_size: u32,
 }
 
+/// A component `bench` can time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchComponent {
+    Transformer,
+    Vae,
+    #[value(alias = "text_encoder")]
+    TextEncoder,
+    All,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Components to time: transformer, vae, text_encoder (default: all three).
-    #[arg(long = "component", value_name = "NAME")]
-    pub components: Vec<String>,
+    /// Components to time (repeatable; default: all three, or none when `--load` is given).
+    #[arg(long = "component", value_name = "NAME", value_enum)]
+    pub components: Vec<BenchComponent>,
 
     /// Square image sizes in pixels.
     #[arg(long = "size", default_values_t = [1024usize, 512])]

@@ -1,7 +1,9 @@
 //! GPU tests (build with `--features cuda`, run on a machine with an NVIDIA GPU; see
 //! docs/PERFORMANCE.md for how they are run on the lent machine):
 //! - the tiny fixture pipelines on CUDA in f32 match the diffusers goldens (made on the CPU in f32)
-//!   within 1e-4 per step, and in bf16 within 2e-2;
+//!   within 1e-4 per step, and in bf16 within 2e-2 or, where the reference itself drifts further in
+//!   bf16 (golden/bf16_drift.json: diffusers run in bf16 against its own f32 goldens), within 1.25× of
+//!   the reference's own drift;
 //! - attention at a size where the score tensor exceeds 2^31 elements stays exact (i32 indexing);
 //! - the full-size transformer and VAE with random weights run in bf16 without NaN.
 #![cfg(feature = "cuda")]
@@ -31,6 +33,20 @@ fn cuda() -> Device {
 
 fn golden(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixtures().join("golden").join(name), &Device::Cpu).unwrap()
+}
+
+/// The reference's own bf16 drift (golden/bf16_drift.json) of `pipeline` for `key`.
+fn reference_drift(pipeline: &str, key: &str) -> f32 {
+    let text = std::fs::read_to_string(fixtures().join("golden/bf16_drift.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v[pipeline][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("bf16_drift.json has no {pipeline}.{key}")) as f32
+}
+
+/// The bf16 tolerance: 2e-2, or 1.25× what diffusers itself drifts in bf16.
+fn bf16_tolerance(pipeline: &str, key: &str) -> f32 {
+    (1.25 * reference_drift(pipeline, key)).max(2e-2)
 }
 
 fn max_abs(t: &Tensor) -> f32 {
@@ -136,13 +152,15 @@ fn tiny_plus_f32_on_cuda_matches_the_reference() {
 #[test]
 fn tiny_edit_bf16_on_cuda_is_close_to_the_reference() {
     let (lat, _) = run_on_cuda("tiny-edit", "pipeline_edit.safetensors", &edit_request(), DType::BF16);
-    assert!(lat < 2e-2, "latents rel err {lat}");
+    let tol = bf16_tolerance("pipeline_edit", "latents_worst");
+    assert!(lat < tol, "latents rel err {lat} (tolerance {tol})");
 }
 
 #[test]
 fn tiny_plus_bf16_on_cuda_is_close_to_the_reference() {
     let (lat, _) = run_on_cuda("tiny-plus", "pipeline_plus.safetensors", &plus_request(), DType::BF16);
-    assert!(lat < 2e-2, "latents rel err {lat}");
+    let tol = bf16_tolerance("pipeline_plus", "latents_worst");
+    assert!(lat < tol, "latents rel err {lat} (tolerance {tol})");
 }
 
 /// 24 heads × 9728² scores = 2.27e9 elements > 2^31: the attention must stay exact on the GPU.
@@ -255,7 +273,18 @@ fn tiny_edit_bf16_stage_errors() {
             rel_err(&lat, &g["image_latents"]),
         );
         eprintln!("tiny-edit {dtype:?}: prompt_embeds {e_p:.3e}, negative {e_n:.3e}, image_latents {e_l:.3e}");
-        let tol = if dtype == DType::F32 { 1e-4 } else { 5e-2 };
-        assert!(e_p < tol && e_n < tol && e_l < tol, "{dtype:?}: {e_p} {e_n} {e_l}");
+        let tol = |key: &str| {
+            if dtype == DType::F32 {
+                1e-4
+            } else {
+                bf16_tolerance("pipeline_edit", key)
+            }
+        };
+        assert!(e_p < tol("prompt_embeds"), "{dtype:?} prompt_embeds {e_p}");
+        assert!(
+            e_n < tol("negative_prompt_embeds"),
+            "{dtype:?} negative_prompt_embeds {e_n}"
+        );
+        assert!(e_l < tol("image_latents"), "{dtype:?} image_latents {e_l}");
     }
 }

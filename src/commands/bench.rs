@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchComponent};
 use crate::device::DeviceSpec;
 use crate::models::presets;
 use crate::models::random::RandomWeights;
@@ -37,8 +37,9 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
     let spec = DeviceSpec::parse(&args.device)?;
     let device = spec.open()?;
     let dtype = spec.dtype(args.dtype);
-    let components: Vec<String> = args.components.iter().map(|s| s.to_ascii_lowercase()).collect();
-    let want = |c: &str| components.is_empty() || components.iter().any(|x| x == c || x == "all");
+    // With `--load` alone only the load is timed.
+    let all = args.components.contains(&BenchComponent::All) || (args.components.is_empty() && args.load.is_none());
+    let want = |c: BenchComponent| all || args.components.contains(&c);
     let mut results = Vec::new();
 
     if let Some(dir) = &args.load {
@@ -63,7 +64,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
         ));
     }
 
-    if want("transformer") {
+    if want(BenchComponent::Transformer) {
         let cfg: TransformerConfig = serde_json::from_str(presets::TRANSFORMER_2511)?;
         printer.status(format!(
             "building the full-size transformer ({} layers) with random weights",
@@ -100,7 +101,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
             }
         }
     }
-    if want("vae") {
+    if want(BenchComponent::Vae) {
         let cfg: VaeConfig = serde_json::from_str(presets::VAE)?;
         let t0 = Instant::now();
         let vae = AutoencoderKLQwenImage::new(&cfg, RandomWeights::var_builder(dtype, &device))
@@ -141,7 +142,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
         }
     }
 
-    if want("text_encoder") || want("text-encoder") {
+    if want(BenchComponent::TextEncoder) {
         let cfg = TextEncoderConfig::from_json(presets::TEXT_ENCODER)?;
         printer.status(format!(
             "building the full-size prompt encoder ({} vision + {} text layers) with random weights",

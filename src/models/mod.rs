@@ -6,6 +6,7 @@
 pub mod lora;
 pub mod nn;
 pub mod presets;
+pub mod quant;
 pub mod random;
 pub mod text_encoder;
 pub mod transformer;

@@ -60,7 +60,12 @@ pub struct ComponentWeights {
     /// tensor name → shard file name, from the index (empty for a single file).
     shard_of: HashMap<String, String>,
     files: Vec<PathBuf>,
+    /// Prefix of every stored name (`model.diffusion_model.` in ComfyUI single files), else empty.
+    prefix: &'static str,
 }
+
+/// Prefixes of single-file checkpoints (ComfyUI) stripped from the stored names.
+const SINGLE_FILE_PREFIXES: [&str; 2] = ["model.diffusion_model.", "diffusion_model."];
 
 #[derive(serde::Deserialize)]
 struct Index {
@@ -126,7 +131,54 @@ impl ComponentWeights {
             st,
             shard_of,
             files,
+            prefix: "",
         })
+    }
+
+    /// Opens one safetensors file (a single-file checkpoint). When every tensor name starts with a
+    /// ComfyUI prefix (`model.diffusion_model.`), the names are read without it.
+    pub fn open_file(path: &Path) -> Result<Self, WeightsError> {
+        if !path.is_file() {
+            return Err(WeightsError::Open {
+                path: path.to_path_buf(),
+                reason: "no such file".into(),
+            });
+        }
+        // SAFETY: as in `open`.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| WeightsError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+        let prefix = SINGLE_FILE_PREFIXES
+            .iter()
+            .find(|p| !names.is_empty() && names.iter().all(|n| n.starts_with(*p)))
+            .copied()
+            .unwrap_or("");
+        Ok(Self {
+            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            st,
+            shard_of: HashMap::new(),
+            files: vec![path.to_path_buf()],
+            prefix,
+        })
+    }
+
+    /// Whether any weight comes with an fp8 scale (a pre-quantized "scaled fp8" checkpoint).
+    pub fn has_fp8_scales(&self) -> bool {
+        self.st.tensors().iter().any(|(n, _)| {
+            crate::models::nn::linear::SCALE_KEYS
+                .iter()
+                .any(|k| n.ends_with(&format!(".{k}")))
+        })
+    }
+
+    fn stored<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.prefix.is_empty() {
+            std::borrow::Cow::Borrowed(name)
+        } else {
+            std::borrow::Cow::Owned(format!("{}{name}", self.prefix))
+        }
     }
 
     /// The files that were mapped.
@@ -143,16 +195,33 @@ impl ComponentWeights {
             .sum()
     }
 
-    /// Names of all tensors present.
+    /// Names of all tensors present (without the single-file prefix).
     pub fn tensor_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.st.tensors().into_iter().map(|(n, _)| n).collect();
+        let mut v: Vec<String> = self
+            .st
+            .tensors()
+            .into_iter()
+            .map(|(n, _)| n.strip_prefix(self.prefix).map(str::to_string).unwrap_or(n))
+            .collect();
         v.sort();
         v
     }
 
+    /// Names (without the single-file prefix) and stored dtypes of all tensors.
+    pub fn tensor_dtypes(&self) -> Vec<(String, DType)> {
+        self.st
+            .tensors()
+            .into_iter()
+            .filter_map(|(n, v)| {
+                let dtype = DType::try_from(v.dtype()).ok()?;
+                Some((n.strip_prefix(self.prefix).map(str::to_string).unwrap_or(n), dtype))
+            })
+            .collect()
+    }
+
     /// The shape of tensor `name` as stored, without loading it.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.st.get(name).ok().map(|v| v.shape().to_vec())
+        self.st.get(&self.stored(name)).ok().map(|v| v.shape().to_vec())
     }
 
     fn where_(&self, name: &str) -> String {
@@ -184,10 +253,11 @@ impl SimpleBackend for ComponentWeights {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        if self.st.get(name).is_err() {
+        let stored = self.stored(name);
+        if self.st.get(&stored).is_err() {
             candle_core::bail!("tensor `{name}` is missing from {}", self.where_(name));
         }
-        let t = self.st.load(name, dev)?;
+        let t = self.st.load(&stored, dev)?;
         if let Some(bar) = LOAD_PROGRESS.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             bar.inc((t.elem_count() * t.dtype().size_in_bytes()) as u64);
         }
@@ -195,7 +265,7 @@ impl SimpleBackend for ComponentWeights {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.st.get(name).is_ok()
+        self.st.get(&self.stored(name)).is_ok()
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod edit;
 pub mod latents;
+pub mod memory;
 pub mod layout;
 pub mod lightning;
 pub mod noise;

@@ -3,6 +3,7 @@
 //! masking; online softmax in f32, no score tensor in memory. build.rs compiles the kernel to PTX
 //! for `CUDA_COMPUTE_CAP` when the `cuda` feature is on.
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{result, sys, LaunchConfig, PushKernelArg};
 use candle_core::cuda::{CudaStorage, WrapErr};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};

@@ -31,6 +31,8 @@ pub use processor::{ImageProcessor, ProcessedImage};
 pub use prompt::{PromptTokenizer, Template};
 
 use crate::error::UserError;
+use crate::models::quant::fp8::Fp8Quantizer;
+use crate::models::quant::{text_encoder_fp8_select, WeightFormat};
 use crate::models::weights::ComponentWeights;
 use text::{MultimodalIds, TextModel};
 use vision::VisionModel;
@@ -75,6 +77,17 @@ impl PromptEncoder {
     /// Loads the text encoder from `text_encoder_dir` (config.json + safetensors, single or sharded)
     /// and the tokenizer and image-processor settings from `processor_dir`.
     pub fn load(text_encoder_dir: &Path, processor_dir: &Path, dtype: DType, device: &Device) -> anyhow::Result<Self> {
+        Self::load_with_format(text_encoder_dir, processor_dir, dtype, device, WeightFormat::Native)
+    }
+
+    /// [`Self::load`] with the language model's Linear weights in `format` (fp8: quantized at load).
+    pub fn load_with_format(
+        text_encoder_dir: &Path,
+        processor_dir: &Path,
+        dtype: DType,
+        device: &Device,
+        format: WeightFormat,
+    ) -> anyhow::Result<Self> {
         for dir in [text_encoder_dir, processor_dir] {
             if !dir.is_dir() {
                 return Err(
@@ -118,7 +131,14 @@ impl PromptEncoder {
         let weights = ComponentWeights::open(text_encoder_dir).map_err(|e| {
             anyhow::Error::new(UserError::model_missing(e.to_string()).with_hint("run `qwen-edit fetch-models`"))
         })?;
-        let vb = weights.into_var_builder(dtype, device);
+        let vb = match format {
+            WeightFormat::Native => weights.into_var_builder(dtype, device),
+            WeightFormat::Fp8 => VarBuilder::from_backend(
+                Box::new(Fp8Quantizer::new(Box::new(weights), text_encoder_fp8_select)),
+                dtype,
+                device.clone(),
+            ),
+        };
         let (lm_vb, vis_vb) = split_prefixes(&vb, text_encoder_dir)?;
         let ctx = || format!("cannot load the text encoder from {}", text_encoder_dir.display());
         let vision = VisionModel::new(&cfg.vision, vis_vb).with_context(ctx)?;

@@ -10,7 +10,9 @@
 //! takes its angle from the t, h or w position according to `mrope_section`.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::models::nn::linear::{linear, linear_no_bias, Linear};
 
 use super::config::TextConfig;
 use crate::models::nn::attention::{attention, AttnMask};
@@ -166,10 +168,10 @@ impl Attention {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
         let hidden = cfg.hidden_size;
         Ok(Self {
-            q_proj: candle_nn::linear(hidden, h * d, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(hidden, kv * d, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(hidden, kv * d, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_no_bias(h * d, hidden, vb.pp("o_proj"))?,
+            q_proj: linear(hidden, h * d, vb.pp("q_proj"))?,
+            k_proj: linear(hidden, kv * d, vb.pp("k_proj"))?,
+            v_proj: linear(hidden, kv * d, vb.pp("v_proj"))?,
+            o_proj: linear_no_bias(h * d, hidden, vb.pp("o_proj"))?,
             num_heads: h,
             num_kv_heads: kv,
             head_dim: d,
@@ -218,9 +220,9 @@ impl Mlp {
     fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: candle_nn::linear_no_bias(h, i, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(h, i, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_no_bias(i, h, vb.pp("down_proj"))?,
+            gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
+            up_proj: linear_no_bias(h, i, vb.pp("up_proj"))?,
+            down_proj: linear_no_bias(i, h, vb.pp("down_proj"))?,
             act: cfg.hidden_act.clone(),
         })
     }

@@ -11,7 +11,9 @@
 //! (RMSNorm, group `merge²` tokens, Linear → GELU(erf) → Linear) → undo the window permutation.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::models::nn::linear::{linear, Linear};
 
 use super::config::VisionConfig;
 use super::text::{activation, RmsNorm};
@@ -143,8 +145,8 @@ impl VisionAttention {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.hidden_size;
         Ok(Self {
-            qkv: candle_nn::linear(dim, 3 * dim, vb.pp("qkv"))?,
-            proj: candle_nn::linear(dim, dim, vb.pp("proj"))?,
+            qkv: linear(dim, 3 * dim, vb.pp("qkv"))?,
+            proj: linear(dim, dim, vb.pp("proj"))?,
             num_heads: cfg.num_heads,
             head_dim: cfg.head_dim(),
         })
@@ -188,9 +190,9 @@ impl VisionMlp {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: candle_nn::linear(d, i, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear(d, i, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear(i, d, vb.pp("down_proj"))?,
+            gate_proj: linear(d, i, vb.pp("gate_proj"))?,
+            up_proj: linear(d, i, vb.pp("up_proj"))?,
+            down_proj: linear(i, d, vb.pp("down_proj"))?,
             act: cfg.hidden_act.clone(),
         })
     }
@@ -236,8 +238,8 @@ impl PatchMerger {
         let group_dim = cfg.hidden_size * cfg.spatial_merge_size * cfg.spatial_merge_size;
         Ok(Self {
             ln_q: RmsNorm::new(cfg.hidden_size, VISION_NORM_EPS, vb.pp("ln_q"))?,
-            mlp0: candle_nn::linear(group_dim, group_dim, vb.pp("mlp").pp("0"))?,
-            mlp2: candle_nn::linear(group_dim, cfg.out_hidden_size, vb.pp("mlp").pp("2"))?,
+            mlp0: linear(group_dim, group_dim, vb.pp("mlp").pp("0"))?,
+            mlp2: linear(group_dim, cfg.out_hidden_size, vb.pp("mlp").pp("2"))?,
             group_dim,
         })
     }

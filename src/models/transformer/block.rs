@@ -10,7 +10,9 @@
 //! parameters.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::models::nn::linear::{linear, Linear};
 
 use super::config::TransformerConfig;
 use super::embed::{apply_rope, RopeFreqs};

@@ -6,7 +6,9 @@
 //! `models/transformers/transformer_qwenimage.py`.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::models::nn::linear::{linear, Linear};
 
 /// Channels of the sinusoidal timestep embedding (`Timesteps(num_channels=256)`).
 pub const TIMESTEP_CHANNELS: usize = 256;

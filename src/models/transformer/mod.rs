@@ -17,4 +17,4 @@ pub mod embed;
 pub mod model;
 
 pub use config::TransformerConfig;
-pub use model::{Intermediates, QwenImageTransformer2DModel};
+pub use model::{Intermediates, QwenImageTransformer2DModel, TransformerWeights};

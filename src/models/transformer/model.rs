@@ -11,15 +11,45 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
 
 use super::block::{BlockInputs, QwenImageTransformerBlock};
 use super::config::TransformerConfig;
 use super::embed::{QwenEmbedRope, QwenTimestepProjEmbeddings};
 use crate::error::UserError;
 use crate::models::lora::{AdapterReport, LoraBackend, LoraFile, LoraMerge};
+use crate::models::nn::linear::{linear, Linear};
 use crate::models::nn::norm::{LayerNormNoAffine, RmsNorm};
+use crate::models::quant::fp8::Fp8Quantizer;
+use crate::models::quant::gguf::GgufWeights;
+use crate::models::quant::{transformer_fp8_select, WeightFormat};
 use crate::models::weights::{read_config, ComponentWeights};
+
+/// Where the transformer's weights come from and how they are held (see [`QwenImageTransformer2DModel::load_with`]).
+#[derive(Debug, Clone)]
+pub struct TransformerWeights {
+    /// LoRAs merged at load (bf16 / f32 weights only).
+    pub loras: Vec<LoraFile>,
+    /// Refuse LoRA keys that adapt nothing.
+    pub lora_strict: bool,
+    /// Quantize the blocks' Linear weights at load.
+    pub format: WeightFormat,
+    /// A single `.safetensors` (bf16, or pre-quantized "scaled fp8") or `.gguf` file instead of the
+    /// folder's weights; the config still comes from the folder.
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl Default for TransformerWeights {
+    fn default() -> Self {
+        Self {
+            loras: Vec::new(),
+            lora_strict: true,
+            format: WeightFormat::Native,
+            file: None,
+        }
+    }
+}
 
 /// eps of `txt_norm` (RMSNorm) and of `norm_out`'s LayerNorm.
 pub const MODEL_NORM_EPS: f64 = 1e-6;
@@ -85,18 +115,7 @@ impl QwenImageTransformer2DModel {
     /// Loads the diffusers `transformer/` folder `dir` (config.json + one safetensors file or shards
     /// listed by `*.safetensors.index.json`) in `dtype` on `device`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> anyhow::Result<Self> {
-        let cfg: TransformerConfig = read_config(dir).map_err(|e| UserError::model_missing(format!("{e:#}")))?;
-        if let Err(why) = cfg.validate() {
-            return Err(UserError::model_missing(format!(
-                "unsupported transformer config {}: {why}",
-                dir.join("config.json").display()
-            ))
-            .into());
-        }
-        let weights = ComponentWeights::open(dir)
-            .map_err(|e| UserError::model_missing(format!("cannot open the transformer weights: {e}")))?;
-        let vb = weights.into_var_builder(dtype, device);
-        Self::new(&cfg, vb).map_err(classify_load_error)
+        Ok(Self::load_with(dir, dtype, device, &TransformerWeights::default())?.0)
     }
 
     /// [`Self::load`] with the LoRAs `loras` merged into the weights (see [`crate::models::lora`]);
@@ -108,9 +127,22 @@ impl QwenImageTransformer2DModel {
         loras: &[LoraFile],
         strict: bool,
     ) -> anyhow::Result<(Self, Vec<AdapterReport>)> {
-        if loras.is_empty() {
-            return Ok((Self::load(dir, dtype, device)?, Vec::new()));
-        }
+        let opts = TransformerWeights {
+            loras: loras.to_vec(),
+            lora_strict: strict,
+            ..Default::default()
+        };
+        Self::load_with(dir, dtype, device, &opts)
+    }
+
+    /// Loads the transformer with the config of `dir` and the weights `opts` names (the folder's, or a
+    /// single safetensors / GGUF file), LoRAs merged, in the weight format asked for.
+    pub fn load_with(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        opts: &TransformerWeights,
+    ) -> anyhow::Result<(Self, Vec<AdapterReport>)> {
         let cfg: TransformerConfig = read_config(dir).map_err(|e| UserError::model_missing(format!("{e:#}")))?;
         if let Err(why) = cfg.validate() {
             return Err(UserError::model_missing(format!(
@@ -119,15 +151,60 @@ impl QwenImageTransformer2DModel {
             ))
             .into());
         }
-        let weights = ComponentWeights::open(dir)
-            .map_err(|e| UserError::model_missing(format!("cannot open the transformer weights: {e}")))?;
-        let merge = Arc::new(LoraMerge::new(loras, &weights, strict)?);
-        let vb = VarBuilder::from_backend(
-            Box::new(LoraBackend::new(weights, merge.clone())),
-            dtype,
-            device.clone(),
-        );
+        let gguf = opts
+            .file
+            .as_ref()
+            .is_some_and(|f| f.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")));
+        let mut merge = None;
+        let base: Box<dyn SimpleBackend> =
+            if gguf {
+                let file = opts.file.as_ref().expect("checked above");
+                if !opts.loras.is_empty() {
+                    return Err(
+                        UserError::bad_input("LoRAs cannot be merged into GGUF-quantized weights")
+                            .with_hint(
+                                "use the bf16 transformer with `--weights fp8` to merge LoRAs and still save memory",
+                            )
+                            .into(),
+                    );
+                }
+                let w = GgufWeights::open(file).map_err(|e| UserError::model_missing(format!("{e:#}")))?;
+                if let Some(arch) = w.architecture().filter(|a| !a.starts_with("qwen_image")) {
+                    return Err(UserError::bad_input(format!(
+                        "{} is a GGUF file of `{arch}`, not of a Qwen-Image transformer",
+                        file.display()
+                    ))
+                    .into());
+                }
+                Box::new(w)
+            } else {
+                let weights = match &opts.file {
+                    Some(file) => ComponentWeights::open_file(file),
+                    None => ComponentWeights::open(dir),
+                }
+                .map_err(|e| UserError::model_missing(format!("cannot open the transformer weights: {e}")))?;
+                if opts.loras.is_empty() {
+                    Box::new(weights)
+                } else {
+                    if weights.has_fp8_scales() {
+                        return Err(UserError::bad_input("LoRAs cannot be merged into pre-quantized fp8 weights")
+                        .with_hint("use the bf16 transformer with `--weights fp8` to merge LoRAs and still save memory")
+                        .into());
+                    }
+                    let m = Arc::new(LoraMerge::new(&opts.loras, &weights, opts.lora_strict)?);
+                    merge = Some(m.clone());
+                    Box::new(LoraBackend::new(weights, m))
+                }
+            };
+        let backend: Box<dyn SimpleBackend> = match opts.format {
+            WeightFormat::Native => base,
+            WeightFormat::Fp8 => Box::new(Fp8Quantizer::new(base, transformer_fp8_select)),
+        };
+        let vb = VarBuilder::from_backend(backend, dtype, device.clone());
         let model = Self::new(&cfg, vb).map_err(classify_load_error)?;
+        let Some(merge) = merge else {
+            return Ok((model, Vec::new()));
+        };
         let unapplied = merge.unapplied();
         if !unapplied.is_empty() {
             anyhow::bail!(
