@@ -145,6 +145,45 @@ pub struct ModelArgs {
 
     #[command(flatten)]
     pub lora: LoraArgs,
+
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+}
+
+/// GPU memory: weight formats and which components stay resident.
+#[derive(Debug, Clone, Default, Args)]
+pub struct MemoryArgs {
+    /// Which components stay on the GPU: `high` keeps all (fastest for many jobs), `low` holds one
+    /// large component at a time (text encoder, then transformer; each job reloads them), `auto`
+    /// picks `high` when everything fits in the free GPU memory.
+    #[arg(long, env = "QWEN_EDIT_MEMORY", value_enum, default_value_t = MemoryArg::Auto, help_heading = "Memory")]
+    pub memory: MemoryArg,
+
+    /// Weight format on the GPU: `stored` as in the files, `fp8` quantizes the transformer's and the
+    /// language model's Linear weights to float8 e4m3 (per-row scales) at load, halving their memory.
+    #[arg(long, env = "QWEN_EDIT_WEIGHTS", value_enum, default_value_t = WeightsArg::Stored, help_heading = "Memory")]
+    pub weights: WeightsArg,
+
+    /// Transformer weights from one file instead of the model folder: a `.safetensors` (bf16, or
+    /// ComfyUI "scaled fp8": e4m3 weights with `scale_weight`/`weight_scale`) or a `.gguf`
+    /// (Q8_0, Q6_K, Q5_K, Q4_K, …). The config still comes from the model folder.
+    #[arg(long, value_name = "FILE", help_heading = "Memory")]
+    pub transformer_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum MemoryArg {
+    #[default]
+    Auto,
+    High,
+    Low,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum WeightsArg {
+    #[default]
+    Stored,
+    Fp8,
 }
 
 /// LoRA adapters and the Lightning presets (merged into the transformer once, at load).
@@ -456,6 +495,25 @@ pub struct ServeArgs {
     pub queue_size: u32,
 }
 
+/// `24G`, `48GB`, `20GiB`, `512M`, or bytes: decimal units for G/GB/M/MB, binary for GiB/MiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 24G)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown size unit `{u}` (use G, GB, GiB, M, MB or MiB)")),
+    };
+    Ok((n * mult) as u64)
+}
+
 /// A component `bench` can time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchComponent {
@@ -507,6 +565,21 @@ pub struct BenchArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// Weight format of the transformer's blocks and the language model: `stored` (the dtype) or
+    /// `fp8` (e4m3, per-row scales, quantized as the random weights are made).
+    #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
+    pub weights: WeightsArg,
+
+    /// Run under a self-imposed GPU memory cap (`24G`, `48GB`, `20GiB`): a ballast buffer takes the
+    /// rest of the free memory first, so anything over the cap fails with out of memory.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_gpu_memory: Option<u64>,
+
+    /// With the transformer: also run 4 Euler steps from the same noise with `--weights` and with
+    /// the stored dtype (same random weights, seeded) and report the PSNR of the final latents.
+    #[arg(long)]
+    pub psnr: bool,
 }
 
 #[derive(Debug, Args)]

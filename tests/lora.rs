@@ -284,6 +284,7 @@ fn tiny_plus_pipeline_with_lora_and_lightning_scheduler_matches_diffusers() {
     let opts = LoadOptions {
         loras: vec![lora("kohya", 1.0)],
         lora_strict: true,
+        ..LoadOptions::default()
     };
     let mut pipe = EditPipeline::load_with(&folder, &Device::Cpu, DType::F32, &opts).unwrap();
     pipe.set_preset(Some(lightning_preset(4))).unwrap();

@@ -27,7 +27,14 @@ fn transformer_dir() -> PathBuf {
 fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
     let got = got.to_dtype(DType::F32).unwrap();
     let want = want.to_dtype(DType::F32).unwrap();
-    let d = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = (&got - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     let m = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap().max(1e-12)
 }
@@ -117,7 +124,15 @@ fn pre_quantized_scaled_fp8_file_loads() {
         let key = format!("model.diffusion_model.{name}");
         if is_block_linear(&name, &t) {
             let t = t.to_dtype(DType::F32).unwrap();
-            let amax = t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let amax = t
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             let scale = amax / 448.0;
             let q = (t / scale as f64).unwrap().to_dtype(DType::F8E4M3).unwrap();
             let module = name.strip_suffix(".weight").unwrap();
@@ -172,13 +187,21 @@ fn gguf_file_with_float_tensors_runs_the_transformer() {
         .into_iter()
         .map(|(name, t)| {
             let ty = if t.rank() == 2 { GgmlDType::F16 } else { GgmlDType::F32 };
-            (format!("model.diffusion_model.{name}"), QTensor::quantize(&t, ty).unwrap())
+            (
+                format!("model.diffusion_model.{name}"),
+                QTensor::quantize(&t, ty).unwrap(),
+            )
         })
         .collect();
     let file = dir.path().join("tiny.gguf");
     let arch = gguf_file::Value::String("qwen_image".into());
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    gguf_file::write(&mut std::fs::File::create(&file).unwrap(), &[("general.architecture", &arch)], &refs).unwrap();
+    gguf_file::write(
+        &mut std::fs::File::create(&file).unwrap(),
+        &[("general.architecture", &arch)],
+        &refs,
+    )
+    .unwrap();
 
     let w = GgufWeights::open(&file).unwrap();
     assert_eq!(w.architecture(), Some("qwen_image"));
@@ -228,7 +251,11 @@ fn ggml_block_linears_match_the_f32_gemm() {
         assert_eq!(q.dtype(), ty);
         let got = lin.forward(&x).unwrap();
         let deq = qw.dequantize(&dev).unwrap();
-        let exact = x.broadcast_matmul(&deq.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        let exact = x
+            .broadcast_matmul(&deq.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
         assert!(rel_err(&got, &exact) < 1e-5, "{ty:?}: not the dequantized GEMM");
         let e = rel_err(&got, &want);
         eprintln!("{ty:?}: rel err vs f32 {e:.3e}");
@@ -260,4 +287,53 @@ fn fp8_linear_matches_the_f32_gemm() {
     assert!(e > 1e-4 && e < 0.05, "{e}");
     let dense = lin.dense_weight(DType::F32).unwrap();
     assert!(rel_err(&x.matmul(&dense.t().unwrap()).unwrap(), &got) < 1e-5);
+}
+
+/// `--memory low` (components loaded per run and freed) gives the same pixels as `high`, and two runs
+/// in a row work; fp8 weights stay close to the f32 goldens through the whole tiny Plus pipeline.
+#[test]
+fn low_memory_pipeline_matches_and_fp8_pipeline_is_close() {
+    use qwen_edit::pipeline::edit::{EditPipeline, EditRequest, LoadOptions};
+    use qwen_edit::pipeline::layout::ModelFolder;
+    use qwen_edit::pipeline::memory::{MemoryMode, MemoryPlan};
+
+    let g = candle_core::safetensors::load(fixtures().join("golden/pipeline_plus.safetensors"), &Device::Cpu).unwrap();
+    let png = |n: &str| image::open(fixtures().join("golden").join(n)).unwrap().to_rgb8();
+    let req = EditRequest {
+        images: vec![png("pipeline_plus_input0.png"), png("pipeline_plus_input1.png")],
+        prompt: "put the cat on the sofa".into(),
+        negative_prompt: Some(" ".into()),
+        steps: Some(2),
+        true_cfg_scale: Some(4.0),
+        seed: 7,
+        width: Some(48),
+        height: Some(64),
+        ref_size: None,
+    };
+    let folder = ModelFolder::open(&fixtures().join("models/tiny-plus")).unwrap();
+    let want = &g["output"];
+    let out01 = |t: &Tensor| ((t * 0.5).unwrap() + 0.5).unwrap().clamp(0f32, 1f32).unwrap();
+    let low = LoadOptions {
+        memory: MemoryMode::Low,
+        ..Default::default()
+    };
+    let pipe = EditPipeline::load_with(&folder, &Device::Cpu, DType::F32, &low).unwrap();
+    assert_eq!(pipe.memory().plan, MemoryPlan::Low);
+    for run in 0..2 {
+        let out = pipe.run(&req, &mut ()).unwrap();
+        let e = rel_err(&out01(&out.image), want);
+        assert!(e < 1e-4, "low memory, run {run}: rel err {e}");
+    }
+    let fp8 = LoadOptions {
+        weights: WeightFormat::Fp8,
+        memory: MemoryMode::High,
+        ..Default::default()
+    };
+    let pipe = EditPipeline::load_with(&folder, &Device::Cpu, DType::F32, &fp8).unwrap();
+    let out = pipe.run(&req, &mut ()).unwrap();
+    let diff = (out01(&out.image) - want).unwrap();
+    let mse = diff.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    let psnr = 10.0 * (1.0 / mse).log10();
+    eprintln!("tiny Plus pipeline, fp8 weights vs f32 goldens: PSNR {psnr:.1} dB");
+    assert!(psnr > 30.0, "PSNR {psnr}");
 }

@@ -10,9 +10,10 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 
-use crate::cli::{BenchArgs, BenchComponent};
+use crate::cli::{BenchArgs, BenchComponent, WeightsArg};
 use crate::device::DeviceSpec;
 use crate::models::presets;
+use crate::models::quant::{text_encoder_fp8_select, transformer_fp8_select, WeightFormat};
 use crate::models::random::RandomWeights;
 use crate::models::text_encoder::text::{rope_index, MultimodalIds, TextModel};
 use crate::models::text_encoder::vision::VisionModel;
@@ -31,6 +32,80 @@ struct BenchResult {
     finite: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     gb_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    psnr_db: Option<f64>,
+}
+
+/// Seed of the device RNG for the `--psnr` pair of models (same random weights in both).
+const PSNR_SEED: u64 = 20_261_203;
+
+/// GPU memory held so that only `cap` bytes remain usable (`--max-gpu-memory`).
+struct Ballast {
+    _buffer: Option<Tensor>,
+}
+
+impl Ballast {
+    fn take(device: &Device, cap: u64, printer: &Printer) -> anyhow::Result<Self> {
+        let Some(free) = crate::pipeline::memory::free_device_memory(device) else {
+            anyhow::bail!("--max-gpu-memory needs a CUDA device whose free memory the driver reports");
+        };
+        if free <= cap {
+            printer.status(format!(
+                "--max-gpu-memory {:.1} GB: only {:.1} GB free, no ballast",
+                cap as f64 / 1e9,
+                free as f64 / 1e9
+            ));
+            return Ok(Self { _buffer: None });
+        }
+        let bytes = (free - cap) as usize;
+        let buffer = Tensor::zeros(bytes, DType::U8, device)?;
+        device.synchronize()?;
+        printer.status(format!(
+            "--max-gpu-memory {:.1} GB: holding {:.1} GB of the {:.1} GB free",
+            cap as f64 / 1e9,
+            bytes as f64 / 1e9,
+            free as f64 / 1e9
+        ));
+        Ok(Self { _buffer: Some(buffer) })
+    }
+}
+
+/// Four flow-matching Euler steps (σ 1 → 0, shift-free) of `model` from seeded noise; the final latents.
+fn four_steps(
+    model: &QwenImageTransformer2DModel,
+    cfg: &TransformerConfig,
+    size: usize,
+    refs: usize,
+    txt_len: usize,
+    dtype: DType,
+    device: &Device,
+) -> anyhow::Result<Tensor> {
+    let g = size / 16;
+    let shapes: Vec<(usize, usize, usize)> = (0..=refs).map(|_| (1, g, g)).collect();
+    let n_out = g * g;
+    let cpu = Device::Cpu;
+    let noise = crate::pipeline::noise::torch_randn(1, &[1, n_out, cfg.in_channels], DType::F32, &cpu)?;
+    let refs_lat = crate::pipeline::noise::torch_randn(2, &[1, n_out * refs, cfg.in_channels], DType::F32, &cpu)?;
+    let c = crate::pipeline::noise::torch_randn(3, &[1, txt_len, cfg.joint_attention_dim], DType::F32, &cpu)?;
+    let refs_lat = refs_lat.to_device(device)?.to_dtype(dtype)?;
+    let c = c.to_device(device)?.to_dtype(dtype)?;
+    let mut x = noise.to_device(device)?.to_dtype(dtype)?;
+    let sigmas = [1.0f64, 0.75, 0.5, 0.25, 0.0];
+    for w in sigmas.windows(2) {
+        let t = Tensor::new(&[w[0] as f32], device)?.to_dtype(dtype)?;
+        let inp = Tensor::cat(&[&x, &refs_lat], 1)?;
+        let v = model.forward(&inp, &c, None, &t, &shapes)?.narrow(1, 0, n_out)?;
+        x = (x.to_dtype(DType::F32)? + (v.to_dtype(DType::F32)? * (w[1] - w[0]))?)?.to_dtype(dtype)?;
+    }
+    Ok(x.to_dtype(DType::F32)?)
+}
+
+/// PSNR in dB of `got` against `want`, peak = the range of `want`.
+fn psnr(got: &Tensor, want: &Tensor) -> anyhow::Result<f64> {
+    let mse = (got - want)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+    let w = want.flatten_all()?;
+    let range = (w.max(0)?.to_scalar::<f32>()? - w.min(0)?.to_scalar::<f32>()?) as f64;
+    Ok(10.0 * (range * range / mse.max(1e-30)).log10())
 }
 
 pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
@@ -41,6 +116,14 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
     let all = args.components.contains(&BenchComponent::All) || (args.components.is_empty() && args.load.is_none());
     let want = |c: BenchComponent| all || args.components.contains(&c);
     let mut results = Vec::new();
+    let format = match args.weights {
+        WeightsArg::Stored => WeightFormat::Native,
+        WeightsArg::Fp8 => WeightFormat::Fp8,
+    };
+    let _ballast = match args.max_gpu_memory {
+        Some(cap) => Some(Ballast::take(&device, cap, &printer)?),
+        None => None,
+    };
 
     if let Some(dir) = &args.load {
         let bytes = weights::weight_bytes(std::slice::from_ref(dir));
@@ -57,6 +140,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
             build_s: 0.0,
             finite: true,
             gb_per_s: Some(bytes as f64 / 1e9 / secs.max(1e-9)),
+            psnr_db: None,
         });
         printer.status(format!(
             "loaded in {secs:.1} s ({:.2} GB/s)",
@@ -71,8 +155,16 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
             cfg.num_layers
         ));
         let t0 = Instant::now();
-        let model = QwenImageTransformer2DModel::new(&cfg, RandomWeights::var_builder(dtype, &device))
-            .context("building the transformer")?;
+        if args.psnr {
+            device.set_seed(PSNR_SEED)?;
+        }
+        let model = QwenImageTransformer2DModel::new(
+            &cfg,
+            RandomWeights::var_builder_with(dtype, &device, format, transformer_fp8_select),
+        )
+        .map_err(anyhow::Error::from)
+        .map_err(|e| crate::device::classify_error(e, &device))
+        .context("building the transformer")?;
         sync(&device)?;
         let build_s = t0.elapsed().as_secs_f64();
         for &size in &args.sizes {
@@ -97,8 +189,31 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                     build_s,
                     finite,
                     gb_per_s: None,
+                    psnr_db: None,
                 });
             }
+        }
+        if args.psnr {
+            let (size, refs) = (args.sizes[0], args.refs[0]);
+            let got = four_steps(&model, &cfg, size, refs, args.txt_len, dtype, &device)?;
+            drop(model);
+            device.set_seed(PSNR_SEED)?;
+            let reference = QwenImageTransformer2DModel::new(&cfg, RandomWeights::var_builder(dtype, &device))
+                .context("building the reference transformer")?;
+            let want = four_steps(&reference, &cfg, size, refs, args.txt_len, dtype, &device)?;
+            let db = psnr(&got, &want)?;
+            printer.status(format!(
+                "PSNR of the 4-step latents, {format:?} vs stored weights: {db:.1} dB"
+            ));
+            results.push(BenchResult {
+                name: format!("transformer_{size}_{refs}ref_4step_psnr"),
+                ms: 0.0,
+                tokens: None,
+                build_s: 0.0,
+                finite: db.is_finite() || db == f64::INFINITY,
+                gb_per_s: None,
+                psnr_db: Some(db),
+            });
         }
     }
     if want(BenchComponent::Vae) {
@@ -125,6 +240,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 build_s,
                 finite,
                 gb_per_s: None,
+                psnr_db: None,
             });
             let ms = time_ms(&device, args.warmup, args.iters, || {
                 last = Some(vae.decode(&z)?);
@@ -138,6 +254,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 build_s,
                 finite,
                 gb_per_s: None,
+                psnr_db: None,
             });
         }
     }
@@ -149,7 +266,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
             cfg.vision.depth, cfg.text.num_hidden_layers
         ));
         let t0 = Instant::now();
-        let vb = RandomWeights::var_builder(dtype, &device);
+        let vb = RandomWeights::var_builder_with(dtype, &device, format, text_encoder_fp8_select);
         let vision = VisionModel::new(&cfg.vision, vb.pp("visual")).context("building the vision tower")?;
         let text = TextModel::new(&cfg.text, vb.pp("model")).context("building the language model")?;
         sync(&device)?;
@@ -183,6 +300,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 build_s,
                 finite,
                 gb_per_s: None,
+                psnr_db: None,
             });
         }
     }

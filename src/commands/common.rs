@@ -6,15 +6,17 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use image::RgbImage;
 
-use crate::cli::ModelArgs;
+use crate::cli::{MemoryArg, ModelArgs, WeightsArg};
 use crate::device::DeviceSpec;
 use crate::error::UserError;
 use crate::io::decode::{decode_image, DecodeLimits};
 use crate::io::encode::{encode_image, write_atomic, write_stdout, BitDepth, OutputFormat, OutputPixels};
 use crate::io::source::{read_source, FetchOptions};
 use crate::jobs::Job;
+use crate::models::quant::WeightFormat;
 use crate::models::{vae, weights};
 use crate::pipeline::edit::{EditOutput, EditPipeline, EditRequest, LoadOptions};
+use crate::pipeline::memory::{MemoryMode, MemoryPlan};
 use crate::printer::Printer;
 
 /// A pipeline loaded once for many jobs.
@@ -49,21 +51,51 @@ impl LoadedModel {
         let opts = LoadOptions {
             loras,
             lora_strict: !args.lora.no_lora_strict,
+            weights: match args.memory.weights {
+                WeightsArg::Stored => WeightFormat::Native,
+                WeightsArg::Fp8 => WeightFormat::Fp8,
+            },
+            transformer_file: args.memory.transformer_file.clone(),
+            memory: match args.memory.memory {
+                MemoryArg::Auto => MemoryMode::Auto,
+                MemoryArg::High => MemoryMode::High,
+                MemoryArg::Low => MemoryMode::Low,
+            },
         };
+        if let Some(f) = &opts.transformer_file {
+            if !f.is_file() {
+                return Err(UserError::bad_input(format!("--transformer-file {} does not exist", f.display())).into());
+            }
+        }
         let bar = printer.bytes_bar(bytes, "loading weights");
         let tracking = weights::track_loading(bar.clone());
         let loaded = EditPipeline::load_with(&folder, &device, dtype, &opts);
         drop(tracking);
         bar.finish_and_clear();
+        let read = bar.position();
         let mut pipeline = loaded?;
         pipeline.set_vae_tiling(vae_tiling);
         pipeline.set_preset(preset)?;
         let secs = t0.elapsed().as_secs_f64();
         printer.status(format!(
-            "loaded {:.2} GB in {secs:.1} s ({:.2} GB/s) on {} as {dtype:?}",
-            bytes as f64 / 1e9,
-            bytes as f64 / 1e9 / secs.max(1e-9),
-            args.device
+            "loaded {:.2} GB in {secs:.1} s ({:.2} GB/s) on {} as {dtype:?}{}",
+            read as f64 / 1e9,
+            read as f64 / 1e9 / secs.max(1e-9),
+            args.device,
+            if opts.weights == WeightFormat::Fp8 {
+                ", Linear weights in fp8"
+            } else {
+                ""
+            }
+        ));
+        let m = pipeline.memory();
+        printer.status(format!(
+            "memory: {} ({})",
+            match m.plan {
+                MemoryPlan::High => "high, every component resident",
+                MemoryPlan::Low => "low, one large component at a time (reloaded per job)",
+            },
+            m.reason
         ));
         for r in pipeline.loras() {
             printer.status(format!(

@@ -15,6 +15,24 @@ impl RandomWeights {
     pub fn var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone())
     }
+
+    /// Random weights with the Linear weights `select` accepts quantized to fp8 when `format` says so.
+    pub fn var_builder_with(
+        dtype: DType,
+        device: &Device,
+        format: crate::models::quant::WeightFormat,
+        select: fn(&str) -> bool,
+    ) -> VarBuilder<'static> {
+        use crate::models::quant::{fp8::Fp8Quantizer, WeightFormat};
+        match format {
+            WeightFormat::Native => Self::var_builder(dtype, device),
+            WeightFormat::Fp8 => VarBuilder::from_backend(
+                Box::new(Fp8Quantizer::new(Box::new(RandomWeights), select)),
+                dtype,
+                device.clone(),
+            ),
+        }
+    }
 }
 
 fn is_scale(name: &str) -> bool {
@@ -34,7 +52,10 @@ impl SimpleBackend for RandomWeights {
         candle_core::bail!("random weights need the shape of `{name}`")
     }
 
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
+    /// Every tensor exists, except the virtual ones of the quantized formats (random weights are
+    /// dense; `bench --weights fp8` quantizes them on the way).
+    fn contains_tensor(&self, name: &str) -> bool {
+        use crate::models::nn::linear::{GGML_DATA, GGML_TYPE, SCALE_KEYS};
+        !(name.ends_with(GGML_DATA) || name.ends_with(GGML_TYPE) || SCALE_KEYS.iter().any(|k| name.ends_with(k)))
     }
 }

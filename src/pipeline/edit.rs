@@ -4,6 +4,8 @@
 //! The models are loaded once; [`EditPipeline::run`] takes one request at a time, so batch mode and
 //! the worker reuse a loaded pipeline.
 
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -12,12 +14,15 @@ use image::RgbImage;
 
 use crate::error::UserError;
 use crate::io::resize::{resize_rgb, Filter};
-use crate::models::lora::{AdapterReport, LoraFile};
+use crate::models::lora::{AdapterReport, LoraFile, LoraMerge};
+use crate::models::quant::WeightFormat;
 use crate::models::text_encoder::{PromptEmbeds, PromptEncoder};
-use crate::models::transformer::QwenImageTransformer2DModel;
+use crate::models::transformer::{QwenImageTransformer2DModel, TransformerConfig, TransformerWeights};
 use crate::models::vae::{self, AutoencoderKLQwenImage, TilingMode};
+use crate::models::weights::{read_config, ComponentWeights};
 use crate::pipeline::latents::{calculate_dimensions, pack, unpack, CONDITION_IMAGE_AREA, VAE_IMAGE_AREA};
 use crate::pipeline::layout::{ModelFolder, PipelineKind};
+use crate::pipeline::memory::{self, MemoryChoice, MemoryMode, MemoryPlan};
 use crate::pipeline::noise::torch_randn;
 use crate::pipeline::scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
 
@@ -80,13 +85,19 @@ pub trait StepObserver {
 
 impl StepObserver for () {}
 
-/// What [`EditPipeline::load_with`] loads besides the model folder.
+/// What [`EditPipeline::load_with`] loads besides the model folder, and how.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// LoRAs merged into the transformer at load.
     pub loras: Vec<LoraFile>,
     /// Refuse LoRA keys that adapt nothing (default on).
     pub lora_strict: bool,
+    /// fp8: the transformer's and the language model's Linear weights quantized at load.
+    pub weights: WeightFormat,
+    /// A single `.safetensors` / `.gguf` transformer file instead of the folder's weights.
+    pub transformer_file: Option<PathBuf>,
+    /// Which components stay on the device between uses.
+    pub memory: MemoryMode,
 }
 
 impl Default for LoadOptions {
@@ -94,6 +105,20 @@ impl Default for LoadOptions {
         Self {
             loras: Vec::new(),
             lora_strict: true,
+            weights: WeightFormat::Native,
+            transformer_file: None,
+            memory: MemoryMode::Auto,
+        }
+    }
+}
+
+impl LoadOptions {
+    fn transformer_weights(&self) -> TransformerWeights {
+        TransformerWeights {
+            loras: self.loras.clone(),
+            lora_strict: self.lora_strict,
+            format: self.weights,
+            file: self.transformer_file.clone(),
         }
     }
 }
@@ -107,12 +132,17 @@ pub struct Preset {
     pub true_cfg_scale: f64,
 }
 
-/// A loaded pipeline.
+/// A loaded pipeline. With [`MemoryPlan::Low`] the text encoder and the transformer are loaded when a
+/// run needs them and freed right after (one large component on the device at a time).
 pub struct EditPipeline {
     pub kind: PipelineKind,
-    transformer: QwenImageTransformer2DModel,
+    transformer: Mutex<Option<QwenImageTransformer2DModel>>,
+    transformer_cfg: TransformerConfig,
     vae: AutoencoderKLQwenImage,
-    text_encoder: PromptEncoder,
+    text_encoder: Mutex<Option<PromptEncoder>>,
+    memory: MemoryChoice,
+    folder: ModelFolder,
+    opts: LoadOptions,
     scheduler: SchedulerConfig,
     preset: Option<Preset>,
     loras: Vec<AdapterReport>,
@@ -133,33 +163,78 @@ impl EditPipeline {
 
     fn load_inner(folder: &ModelFolder, device: &Device, dtype: DType, opts: &LoadOptions) -> anyhow::Result<Self> {
         let scheduler = SchedulerConfig::from_dir(&folder.component("scheduler"))?;
-        let text_encoder = PromptEncoder::load(
+        let transformer_dir = folder.component("transformer");
+        let transformer_cfg: TransformerConfig =
+            read_config(&transformer_dir).map_err(|e| UserError::model_missing(format!("{e:#}")))?;
+        let sizes = memory::estimate_pipeline(
             &folder.component("text_encoder"),
-            &folder.component("processor"),
+            &transformer_dir,
+            opts.transformer_file.as_deref(),
             dtype,
-            device,
-        )
-        .context("loading the text encoder")?;
-        let (transformer, loras) = QwenImageTransformer2DModel::load_with_loras(
-            &folder.component("transformer"),
-            dtype,
-            device,
-            &opts.loras,
-            opts.lora_strict,
-        )
-        .context("loading the transformer")?;
+            opts.weights,
+        );
+        let choice = memory::choose(opts.memory, sizes, memory::free_device_memory(device));
+        tracing::info!("memory plan {:?}: {}", choice.plan, choice.reason);
         let vae = AutoencoderKLQwenImage::load(&folder.component("vae"), dtype, device).context("loading the VAE")?;
-        Ok(Self {
+        let mut pipe = Self {
             kind: folder.kind,
-            transformer,
+            transformer: Mutex::new(None),
+            transformer_cfg,
             vae,
-            text_encoder,
+            text_encoder: Mutex::new(None),
+            memory: choice,
+            folder: folder.clone(),
+            opts: opts.clone(),
             scheduler,
             preset: None,
-            loras,
+            loras: Vec::new(),
             device: device.clone(),
             dtype,
-        })
+        };
+        // The text encoder is loaded in both plans (Low frees it after the first prompts); the transformer
+        // only in High. Low checks the LoRAs against the transformer's weights now, so that a bad LoRA
+        // fails at load, not at the first job.
+        *pipe.text_encoder.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(pipe.load_text_encoder()?);
+        match pipe.memory.plan {
+            MemoryPlan::High => {
+                let (t, reports) = pipe.load_transformer()?;
+                pipe.loras = reports;
+                *pipe.transformer.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(t);
+            }
+            MemoryPlan::Low if !opts.loras.is_empty() => {
+                let base = ComponentWeights::open(&transformer_dir)
+                    .map_err(|e| UserError::model_missing(format!("cannot open the transformer weights: {e}")))?;
+                pipe.loras = LoraMerge::new(&opts.loras, &base, opts.lora_strict)?.reports;
+            }
+            MemoryPlan::Low => {}
+        }
+        Ok(pipe)
+    }
+
+    fn load_text_encoder(&self) -> anyhow::Result<PromptEncoder> {
+        PromptEncoder::load_with_format(
+            &self.folder.component("text_encoder"),
+            &self.folder.component("processor"),
+            self.dtype,
+            &self.device,
+            self.opts.weights,
+        )
+        .context("loading the text encoder")
+    }
+
+    fn load_transformer(&self) -> anyhow::Result<(QwenImageTransformer2DModel, Vec<AdapterReport>)> {
+        QwenImageTransformer2DModel::load_with(
+            &self.folder.component("transformer"),
+            self.dtype,
+            &self.device,
+            &self.opts.transformer_weights(),
+        )
+        .context("loading the transformer")
+    }
+
+    /// Which components stay resident, and why.
+    pub fn memory(&self) -> &MemoryChoice {
+        &self.memory
     }
 
     pub fn device(&self) -> &Device {
@@ -284,24 +359,40 @@ impl EditPipeline {
             .clone()
             .unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string());
         let do_cfg = true_cfg_scale > 1.0;
+        let low = self.memory.plan == MemoryPlan::Low;
+        if low {
+            // One large component at a time: the transformer of the previous job goes first.
+            *lock(&self.transformer) = None;
+        }
         let t0 = Instant::now();
-        let encode = |prompt: &str| -> anyhow::Result<PromptEmbeds> {
-            Ok(match self.kind {
-                PipelineKind::Edit => self.text_encoder.encode_edit(prompt, &condition_images[0])?,
-                PipelineKind::EditPlus => self.text_encoder.encode_plus(prompt, &condition_images)?,
-            })
-        };
-        let cond = encode(&req.prompt).context("encoding the prompt")?;
-        let uncond = if do_cfg {
-            Some(encode(&negative).context("encoding the negative prompt")?)
-        } else {
-            None
+        let (cond, uncond) = {
+            let mut slot = lock(&self.text_encoder);
+            if slot.is_none() {
+                *slot = Some(self.load_text_encoder()?);
+            }
+            let te = slot.as_ref().expect("loaded above");
+            let encode = |prompt: &str| -> anyhow::Result<PromptEmbeds> {
+                Ok(match self.kind {
+                    PipelineKind::Edit => te.encode_edit(prompt, &condition_images[0])?,
+                    PipelineKind::EditPlus => te.encode_plus(prompt, &condition_images)?,
+                })
+            };
+            let cond = encode(&req.prompt).context("encoding the prompt")?;
+            let uncond = if do_cfg {
+                Some(encode(&negative).context("encoding the negative prompt")?)
+            } else {
+                None
+            };
+            if low {
+                *slot = None;
+            }
+            (cond, uncond)
         };
         timings.encode_prompt = t0.elapsed().as_secs_f64();
 
         // 4. Latents: seeded noise (as torch.randn on a CPU generator) and the packed image latents.
         let t0 = Instant::now();
-        let channels = self.transformer.config().in_channels / 4;
+        let channels = self.transformer_cfg.in_channels / 4;
         let lh = 2 * (height / multiple_of) as usize;
         let lw = 2 * (width / multiple_of) as usize;
         let noise = torch_randn(req.seed, &[1, 1, channels, lh, lw], self.dtype, &self.device)?;
@@ -330,13 +421,16 @@ impl EditPipeline {
 
         // 6. Denoising loop.
         let t0 = Instant::now();
+        let mut slot = lock(&self.transformer);
+        if slot.is_none() {
+            *slot = Some(self.load_transformer()?.0);
+        }
+        let transformer = slot.as_ref().expect("loaded above");
         for (i, &t) in timesteps.iter().enumerate() {
             let x_in = Tensor::cat(&[&latents, &image_latents], 1)?;
             let timestep = Tensor::new(&[model_timestep(t, self.dtype)], &self.device)?.to_dtype(self.dtype)?;
             let forward = |emb: &PromptEmbeds| -> anyhow::Result<Tensor> {
-                let out = self
-                    .transformer
-                    .forward(&x_in, &emb.embeds, emb.mask.as_ref(), &timestep, &img_shapes)?;
+                let out = transformer.forward(&x_in, &emb.embeds, emb.mask.as_ref(), &timestep, &img_shapes)?;
                 Ok(out.narrow(1, 0, n_out)?)
             };
             let mut pred = forward(&cond)?;
@@ -348,6 +442,10 @@ impl EditPipeline {
             check_finite(&latents, i)?;
             observer.on_step(i, &latents);
         }
+        if low {
+            *slot = None;
+        }
+        drop(slot);
         timings.denoise = t0.elapsed().as_secs_f64();
 
         // 7. Decode.
@@ -368,6 +466,10 @@ impl EditPipeline {
             timings,
         })
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The timestep handed to the transformer: `t` rounded through the latent dtype, divided by 1000 in

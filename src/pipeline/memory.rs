@@ -168,9 +168,13 @@ mod tests {
     fn estimates_follow_dtype_and_format() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-plus/transformer");
         let f32_bytes = estimate_bytes(&root, None, DType::F32, WeightFormat::Native, transformer_fp8_select).unwrap();
-        let bf16_bytes = estimate_bytes(&root, None, DType::BF16, WeightFormat::Native, transformer_fp8_select).unwrap();
+        let bf16_bytes =
+            estimate_bytes(&root, None, DType::BF16, WeightFormat::Native, transformer_fp8_select).unwrap();
         let fp8_bytes = estimate_bytes(&root, None, DType::BF16, WeightFormat::Fp8, transformer_fp8_select).unwrap();
         assert_eq!(f32_bytes, 2 * bf16_bytes);
-        assert!(fp8_bytes < bf16_bytes && fp8_bytes > bf16_bytes / 2, "{fp8_bytes} vs {bf16_bytes}");
+        assert!(
+            fp8_bytes < bf16_bytes && fp8_bytes > bf16_bytes / 2,
+            "{fp8_bytes} vs {bf16_bytes}"
+        );
     }
 }

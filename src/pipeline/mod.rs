@@ -3,8 +3,8 @@
 
 pub mod edit;
 pub mod latents;
-pub mod memory;
 pub mod layout;
 pub mod lightning;
+pub mod memory;
 pub mod noise;
 pub mod scheduler;
