@@ -167,8 +167,21 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// The bias `[out]`, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// `x · Wᵀ` (with the fp8 scale applied) without the bias, so that a fused kernel after the GEMM
+    /// can add it: `forward(x) = forward_no_bias(x) + bias()`.
+    pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        let (y, dims) = self.gemm(x)?;
+        y.reshape(dims)
+    }
+
+    /// The GEMM over `x` flattened to rows: `[rows, out]` and the output shape.
+    fn gemm(&self, x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
         let dtype = x.dtype();
         let mut dims = x.dims().to_vec();
         let last = dims.pop().unwrap_or(0);
@@ -188,11 +201,18 @@ impl Module for Linear {
                 x2.matmul(&w.t()?)?
             }
         };
+        dims.push(self.out_dim);
+        Ok((y, dims))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (y, dims) = self.gemm(x)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        dims.push(self.out_dim);
         y.reshape(dims)
     }
 }

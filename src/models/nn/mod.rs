@@ -3,6 +3,7 @@
 pub mod attention;
 #[cfg(feature = "cuda")]
 pub mod flash;
+pub mod fused;
 pub mod linear;
 pub mod norm;
 

@@ -12,12 +12,11 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::models::nn::linear::{linear, Linear};
-
 use super::config::TransformerConfig;
-use super::embed::{apply_rope, RopeFreqs};
+use super::embed::RopeFreqs;
 use crate::models::nn::attention::{attention, attention_chunked, AttnMask};
-use crate::models::nn::norm::{LayerNormNoAffine, RmsNorm};
+use crate::models::nn::fused::{self, HeadsPart, PerToken, ShiftScale};
+use crate::models::nn::linear::{linear, Linear};
 
 /// eps of every norm in the block.
 pub const BLOCK_NORM_EPS: f64 = 1e-6;
@@ -40,36 +39,35 @@ pub struct BlockInputs<'a> {
     pub attn_chunk_elements: Option<usize>,
 }
 
-/// One `(shift, scale, gate)` triple, each `[Bt, 1, dim]`; `scale1p` holds `1 + scale`.
+/// One `(shift, scale, gate)` triple, each `[Bt, dim]` (views of the modulation Linear's output).
 #[derive(Debug, Clone)]
 struct ModParams {
     shift: Tensor,
-    scale1p: Tensor,
+    scale: Tensor,
     gate: Tensor,
 }
 
 impl ModParams {
     /// Splits `[Bt, 3·dim]` into shift, scale, gate.
     fn new(p: &Tensor) -> Result<Self> {
-        let chunks = p.unsqueeze(1)?.chunk(3, D::Minus1)?; // 3 × [Bt, 1, dim]
+        let chunks = p.chunk(3, D::Minus1)?; // 3 × [Bt, dim]
         Ok(Self {
             shift: chunks[0].clone(),
-            scale1p: (&chunks[1] + 1.0)?,
+            scale: chunks[1].clone(),
             gate: chunks[2].clone(),
         })
     }
 
-    fn modulate(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_mul(&self.scale1p)?.broadcast_add(&self.shift)
-    }
-
-    fn gate(&self, y: &Tensor) -> Result<Tensor> {
-        y.broadcast_mul(&self.gate)
+    fn shift_scale(&self) -> ShiftScale<'_> {
+        ShiftScale {
+            shift: &self.shift,
+            scale: &self.scale,
+        }
     }
 }
 
 /// The modulation of one stream for one sub-layer: uniform over tokens, or split between the noise
-/// tokens (t) and the reference tokens (t = 0) for `zero_cond_t`.
+/// tokens (t) and the reference tokens (t = 0) for `zero_cond_t` (diffusers' `modulate_index`).
 #[derive(Debug, Clone)]
 enum Modulation {
     Uniform(ModParams),
@@ -81,31 +79,27 @@ enum Modulation {
 }
 
 impl Modulation {
-    /// Applies `f(params, tokens)` per token group and reassembles the sequence `[B, S, dim]`.
-    fn per_group(&self, x: &Tensor, f: impl Fn(&ModParams, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    fn per_token<'a, T>(&'a self, f: impl Fn(&'a ModParams) -> T) -> PerToken<T> {
         match self {
-            Modulation::Uniform(p) => f(p, x),
-            Modulation::Split { noise_tokens, t, zero } => {
-                let s = x.dim(1)?;
-                let n = (*noise_tokens).min(s);
-                if n == s {
-                    return f(t, x);
-                }
-                let noise = f(t, &x.narrow(1, 0, n)?)?;
-                let refs = f(zero, &x.narrow(1, n, s - n)?)?;
-                Tensor::cat(&[noise, refs], 1)
-            }
+            Modulation::Uniform(p) => PerToken::All(f(p)),
+            Modulation::Split { noise_tokens, t, zero } => PerToken::Split {
+                n: *noise_tokens,
+                head: f(t),
+                tail: f(zero),
+            },
         }
     }
 
-    /// `x · (1 + scale) + shift`.
-    fn modulate(&self, x: &Tensor) -> Result<Tensor> {
-        self.per_group(x, |p, x| p.modulate(x))
+    /// `norm(x) · (1 + scale) + shift`, the norm being the block's affine-free LayerNorm
+    /// (diffusers: `img_normed = img_norm1(x)`, then `_modulate(img_normed, mod)`).
+    fn norm_modulate(&self, x: &Tensor) -> Result<Tensor> {
+        fused::layernorm_modulate(x, BLOCK_NORM_EPS, self.per_token(ModParams::shift_scale))
     }
 
-    /// `gate · y`.
-    fn gate(&self, y: &Tensor) -> Result<Tensor> {
-        self.per_group(y, |p, y| p.gate(y))
+    /// `x + gate · (y + bias)`: the gated residual, `bias` being the sub-layer's output bias when its
+    /// Linear ran without it.
+    fn gated_residual(&self, x: &Tensor, y: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        fused::gate_residual(x, y, bias, self.per_token(|p| &p.gate))
     }
 }
 
@@ -153,10 +147,24 @@ impl FeedForward {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj_in.forward(x)?; // [B, S, 4·dim]
-                                          // tanh-GELU evaluated in f32 (PyTorch's opmath for half types), rounded once.
-        let h = h.to_dtype(DType::F32)?.gelu()?.to_dtype(x.dtype())?;
-        self.proj_out.forward(&h)
+        let y = self.forward_no_out_bias(x)?;
+        match self.out_bias() {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// [`Self::forward`] without `net.2`'s bias (see [`Self::out_bias`]), for a fused gated residual.
+    pub fn forward_no_out_bias(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.proj_in.forward_no_bias(x)?; // [B, S, 4·dim]
+                                                  // tanh-GELU of (h + bias) evaluated in f32 (PyTorch's opmath for half types), rounded once.
+        let h = fused::bias_gelu_tanh(&h, self.proj_in.bias())?;
+        self.proj_out.forward_no_bias(&h)
+    }
+
+    /// The bias of `net.2`.
+    pub fn out_bias(&self) -> Option<&Tensor> {
+        self.proj_out.bias()
     }
 }
 
@@ -172,10 +180,11 @@ pub struct JointAttention {
     add_v_proj: Linear,
     to_out: Linear,
     to_add_out: Linear,
-    norm_q: RmsNorm,
-    norm_k: RmsNorm,
-    norm_added_q: RmsNorm,
-    norm_added_k: RmsNorm,
+    /// RMSNorm weights `[head_dim]` of `norm_q`, `norm_k`, `norm_added_q`, `norm_added_k`.
+    norm_q: Tensor,
+    norm_k: Tensor,
+    norm_added_q: Tensor,
+    norm_added_k: Tensor,
     heads: usize,
     head_dim: usize,
 }
@@ -184,6 +193,7 @@ impl JointAttention {
     pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.inner_dim();
         let d = cfg.attention_head_dim;
+        let norm = |name: &str| vb.pp(name).get(d, "weight");
         Ok(Self {
             to_q: linear(dim, dim, vb.pp("to_q"))?,
             to_k: linear(dim, dim, vb.pp("to_k"))?,
@@ -193,52 +203,73 @@ impl JointAttention {
             add_v_proj: linear(dim, dim, vb.pp("add_v_proj"))?,
             to_out: linear(dim, dim, vb.pp("to_out").pp("0"))?,
             to_add_out: linear(dim, dim, vb.pp("to_add_out"))?,
-            norm_q: RmsNorm::new(d, BLOCK_NORM_EPS, vb.pp("norm_q"))?,
-            norm_k: RmsNorm::new(d, BLOCK_NORM_EPS, vb.pp("norm_k"))?,
-            norm_added_q: RmsNorm::new(d, BLOCK_NORM_EPS, vb.pp("norm_added_q"))?,
-            norm_added_k: RmsNorm::new(d, BLOCK_NORM_EPS, vb.pp("norm_added_k"))?,
+            norm_q: norm("norm_q")?,
+            norm_k: norm("norm_k")?,
+            norm_added_q: norm("norm_added_q")?,
+            norm_added_k: norm("norm_added_k")?,
             heads: cfg.num_attention_heads,
             head_dim: d,
         })
     }
 
-    /// `proj(x)` split into heads, optionally RMS-normalised and rotated: `[B, S, dim]` → `[B, H, S, D]`.
-    fn heads_of(
+    /// The joint `[B, H, S_txt + S_img, D]` input of one projection pair (text first): each stream's
+    /// projection, its bias, the optional per-head RMSNorm and RoPE, written in place by one fused op
+    /// (diffusers: `attn.to_q(x).unflatten(-1, (heads, -1))`, `norm_q`, `apply_rotary_emb_qwen`, then
+    /// `torch.cat([txt_query, img_query], dim=1)`).
+    fn joint(
         &self,
-        proj: &Linear,
-        x: &Tensor,
-        norm: Option<&RmsNorm>,
-        rope: Option<(&Tensor, &Tensor)>,
+        (txt_proj, img_proj): (&Linear, &Linear),
+        (txt, img): (&Tensor, &Tensor),
+        norms: Option<(&Tensor, &Tensor)>,
+        rope: Option<&RopeFreqs>,
     ) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        let mut y = proj.forward(x)?.reshape((b, s, self.heads, self.head_dim))?; // [B, S, H, D]
-        if let Some(norm) = norm {
-            y = norm.forward(&y)?;
-        }
-        let y = y.transpose(1, 2)?; // [B, H, S, D]
-        match rope {
-            Some((cos, sin)) => apply_rope(&y, cos, sin),
-            None => y.contiguous(),
-        }
+        let (tx, ix) = (txt_proj.forward_no_bias(txt)?, img_proj.forward_no_bias(img)?);
+        let parts = [
+            HeadsPart {
+                x: &tx,
+                bias: txt_proj.bias(),
+                norm: norms.map(|n| n.0),
+                rope: rope.map(|r| (&r.txt_cos, &r.txt_sin)),
+            },
+            HeadsPart {
+                x: &ix,
+                bias: img_proj.bias(),
+                norm: norms.map(|n| n.1),
+                rope: rope.map(|r| (&r.img_cos, &r.img_sin)),
+            },
+        ];
+        fused::joint_heads(&parts, self.heads, self.head_dim, BLOCK_NORM_EPS)
     }
 
     /// Returns `(img_out [B, S_img, dim], txt_out [B, S_txt, dim])`.
     pub fn forward(&self, img: &Tensor, txt: &Tensor, inp: &BlockInputs<'_>) -> Result<(Tensor, Tensor)> {
-        let (b, s_img, dim) = img.dims3()?;
+        let (img_o, txt_o) = self.forward_no_out_bias(img, txt, inp)?;
+        let add = |y: Tensor, l: &Linear| match l.bias() {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        };
+        Ok((add(img_o, &self.to_out)?, add(txt_o, &self.to_add_out)?))
+    }
+
+    /// [`Self::forward`] without the biases of `to_out.0` and `to_add_out` (see [`Self::out_biases`]),
+    /// for a fused gated residual.
+    pub fn forward_no_out_bias(&self, img: &Tensor, txt: &Tensor, inp: &BlockInputs<'_>) -> Result<(Tensor, Tensor)> {
         let s_txt = txt.dim(1)?;
-        let r = inp.rope;
-        let img_rope = Some((&r.img_cos, &r.img_sin));
-        let txt_rope = Some((&r.txt_cos, &r.txt_sin));
-        let q_i = self.heads_of(&self.to_q, img, Some(&self.norm_q), img_rope)?;
-        let k_i = self.heads_of(&self.to_k, img, Some(&self.norm_k), img_rope)?;
-        let v_i = self.heads_of(&self.to_v, img, None, None)?;
-        let q_t = self.heads_of(&self.add_q_proj, txt, Some(&self.norm_added_q), txt_rope)?;
-        let k_t = self.heads_of(&self.add_k_proj, txt, Some(&self.norm_added_k), txt_rope)?;
-        let v_t = self.heads_of(&self.add_v_proj, txt, None, None)?;
+        let streams = (txt, img);
         // Joint sequence, text first: [B, H, S_txt + S_img, D].
-        let q = Tensor::cat(&[q_t, q_i], 2)?;
-        let k = Tensor::cat(&[k_t, k_i], 2)?;
-        let v = Tensor::cat(&[v_t, v_i], 2)?;
+        let q = self.joint(
+            (&self.add_q_proj, &self.to_q),
+            streams,
+            Some((&self.norm_added_q, &self.norm_q)),
+            Some(inp.rope),
+        )?;
+        let k = self.joint(
+            (&self.add_k_proj, &self.to_k),
+            streams,
+            Some((&self.norm_added_k, &self.norm_k)),
+            Some(inp.rope),
+        )?;
+        let v = self.joint((&self.add_v_proj, &self.to_v), streams, None, None)?;
         let mask = match inp.key_mask {
             Some(m) => AttnMask::KeyPadding(m),
             None => AttnMask::None,
@@ -248,10 +279,17 @@ impl JointAttention {
             None => attention(&q, &k, &v, mask, scale)?,
             Some(n) => attention_chunked(&q, &k, &v, mask, scale, n)?,
         };
-        let o = o.transpose(1, 2)?.reshape((b, s_txt + s_img, dim))?; // [B, S, H·D]
-        let o_txt = o.narrow(1, 0, s_txt)?.contiguous()?;
-        let o_img = o.narrow(1, s_txt, s_img)?.contiguous()?;
-        Ok((self.to_out.forward(&o_img)?, self.to_add_out.forward(&o_txt)?))
+        // [B, H, S, D] → text rows [B, S_txt, H·D] and image rows [B, S_img, H·D].
+        let (o_txt, o_img) = fused::heads_to_rows(&o, s_txt)?;
+        Ok((
+            self.to_out.forward_no_bias(&o_img)?,
+            self.to_add_out.forward_no_bias(&o_txt)?,
+        ))
+    }
+
+    /// The biases of `to_out.0` (image) and `to_add_out` (text).
+    pub fn out_biases(&self) -> (Option<&Tensor>, Option<&Tensor>) {
+        (self.to_out.bias(), self.to_add_out.bias())
     }
 }
 
@@ -270,7 +308,6 @@ pub struct QwenImageTransformerBlock {
     attn: JointAttention,
     img_mlp: FeedForward,
     txt_mlp: FeedForward,
-    norm: LayerNormNoAffine,
 }
 
 impl QwenImageTransformerBlock {
@@ -282,28 +319,34 @@ impl QwenImageTransformerBlock {
             attn: JointAttention::new(cfg, vb.pp("attn"))?,
             img_mlp: FeedForward::new(dim, vb.pp("img_mlp"))?,
             txt_mlp: FeedForward::new(dim, vb.pp("txt_mlp"))?,
-            norm: LayerNormNoAffine::new(dim, BLOCK_NORM_EPS, vb.dtype(), vb.device())?,
         })
     }
 
     /// `img: [B, S_img, dim]`, `txt: [B, S_txt, dim]` → both streams updated.
+    ///
+    /// Each step is one fused op on CUDA in bf16 (see [`crate::models::nn::fused`]); the Linears before
+    /// a fused op run without their bias and the op adds it.
     pub fn forward(&self, img: &Tensor, txt: &Tensor, inp: &BlockInputs<'_>) -> Result<Streams> {
-        // 1. Modulation parameters of both streams.
+        // 1. Modulation parameters of both streams: img_mod(temb), txt_mod(temb), chunked in two.
         let (img_mod1, img_mod2) = modulations(&self.img_mod.forward(inp.temb_img)?, inp.noise_tokens)?;
         let (txt_mod1, txt_mod2) = modulations(&self.txt_mod.forward(inp.temb_txt)?, None)?;
 
-        // 2. norm1 + modulation, joint attention, gated residual.
-        let img_x = img_mod1.modulate(&self.norm.forward(img)?)?;
-        let txt_x = txt_mod1.modulate(&self.norm.forward(txt)?)?;
-        let (img_attn, txt_attn) = self.attn.forward(&img_x, &txt_x, inp)?;
-        let img = (img + img_mod1.gate(&img_attn)?)?;
-        let txt = (txt + txt_mod1.gate(&txt_attn)?)?;
+        // 2. img_modulated = norm1(img)·(1 + scale1) + shift1 (same for txt), joint attention,
+        //    img = img + gate1·attn_output (to_out's bias added inside the gated residual).
+        let img_x = img_mod1.norm_modulate(img)?;
+        let txt_x = txt_mod1.norm_modulate(txt)?;
+        let (img_attn, txt_attn) = self.attn.forward_no_out_bias(&img_x, &txt_x, inp)?;
+        let (img_out_bias, txt_out_bias) = self.attn.out_biases();
+        let img = img_mod1.gated_residual(img, &img_attn, img_out_bias)?;
+        let txt = txt_mod1.gated_residual(txt, &txt_attn, txt_out_bias)?;
 
-        // 3. norm2 + modulation, MLP, gated residual.
-        let img_x = img_mod2.modulate(&self.norm.forward(&img)?)?;
-        let img = (&img + img_mod2.gate(&self.img_mlp.forward(&img_x)?)?)?;
-        let txt_x = txt_mod2.modulate(&self.norm.forward(&txt)?)?;
-        let txt = (&txt + txt_mod2.gate(&self.txt_mlp.forward(&txt_x)?)?)?;
+        // 3. norm2 + modulation, MLP, gated residual (net.2's bias inside the gated residual).
+        let img_x = img_mod2.norm_modulate(&img)?;
+        let img_y = self.img_mlp.forward_no_out_bias(&img_x)?;
+        let img = img_mod2.gated_residual(&img, &img_y, self.img_mlp.out_bias())?;
+        let txt_x = txt_mod2.norm_modulate(&txt)?;
+        let txt_y = self.txt_mlp.forward_no_out_bias(&txt_x)?;
+        let txt = txt_mod2.gated_residual(&txt, &txt_y, self.txt_mlp.out_bias())?;
 
         // 4. The reference clips to the f16 range only in f16.
         if img.dtype() == DType::F16 {

@@ -209,11 +209,10 @@ impl QwenEmbedRope {
 
 /// Interleaved-pair rotation (`apply_rotary_emb_qwen(use_real=False)`), in f32:
 /// `out[2k] = x[2k]·cos − x[2k+1]·sin`, `out[2k+1] = x[2k]·sin + x[2k+1]·cos`.
-/// `x: [B, H, S, D]`, `cos, sin: [S, D/2]` f32; the result has the dtype of `x`.
+/// `x: [B, H, S, D]`, `cos, sin: [S, D/2]` f32; the result has the dtype of `x`. The blocks apply it
+/// inside [`crate::models::nn::fused::joint_heads`] (fused with the QK norm on CUDA).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?.contiguous()?;
-    candle_nn::rotary_emb::rope_i(&x, cos, sin)?.to_dtype(dtype)
+    crate::models::nn::fused::rope_interleaved(x, cos, sin)
 }
 
 #[cfg(test)]

@@ -19,8 +19,9 @@ use super::config::TransformerConfig;
 use super::embed::{QwenEmbedRope, QwenTimestepProjEmbeddings};
 use crate::error::UserError;
 use crate::models::lora::{AdapterReport, LoraBackend, LoraFile, LoraMerge};
+use crate::models::nn::fused::{self, PerToken, ShiftScale};
 use crate::models::nn::linear::{linear, Linear};
-use crate::models::nn::norm::{LayerNormNoAffine, RmsNorm};
+use crate::models::nn::norm::RmsNorm;
 use crate::models::quant::fp8::Fp8Quantizer;
 use crate::models::quant::gguf::GgufWeights;
 use crate::models::quant::{transformer_fp8_select, WeightFormat};
@@ -55,30 +56,26 @@ impl Default for TransformerWeights {
 pub const MODEL_NORM_EPS: f64 = 1e-6;
 
 /// `norm_out = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=1e-6)`:
-/// `LN(x) · (1 + scale) + shift` with `[scale | shift] = linear(SiLU(temb))` (scale first).
+/// `LN(x) · (1 + scale) + shift` with `[scale | shift] = linear(SiLU(temb))` (scale first), one fused
+/// op on CUDA in bf16.
 #[derive(Debug, Clone)]
 struct AdaLayerNormContinuous {
     linear: Linear,
-    norm: LayerNormNoAffine,
 }
 
 impl AdaLayerNormContinuous {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             linear: linear(dim, 2 * dim, vb.pp("linear"))?,
-            norm: LayerNormNoAffine::new(dim, MODEL_NORM_EPS, vb.dtype(), vb.device())?,
         })
     }
 
     /// `x: [B, S, dim]`, `temb_act = SiLU(temb): [Bt, dim]`.
     fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let emb = self.linear.forward(temb_act)?.unsqueeze(1)?; // [Bt, 1, 2·dim]
-        let chunks = emb.chunk(2, 2)?;
+        let emb = self.linear.forward(temb_act)?; // [Bt, 2·dim]
+        let chunks = emb.chunk(2, 1)?;
         let (scale, shift) = (&chunks[0], &chunks[1]);
-        self.norm
-            .forward(x)?
-            .broadcast_mul(&(scale + 1.0)?)?
-            .broadcast_add(shift)
+        fused::layernorm_modulate(x, MODEL_NORM_EPS, PerToken::All(ShiftScale { shift, scale }))
     }
 }
 
