@@ -262,7 +262,7 @@ pub(super) fn heads_to_rows(o: &Tensor, s_first: usize) -> Result<Option<(Tensor
         return Ok(None);
     };
     let hd = h * d;
-    if !is_bf16_cuda(o) || s_first == 0 || s_first >= s || b * s > MAX_INT || hd == 0 || hd > MAX_INT {
+    if !is_bf16_cuda(o) || b == 0 || s_first == 0 || s_first >= s || b * s > MAX_INT || hd == 0 || hd > MAX_INT {
         return Ok(None);
     }
     let o = o.contiguous()?;
@@ -341,7 +341,7 @@ pub(super) fn joint_heads(parts: &[HeadsPart<'_>], h: usize, d: usize, eps: f64)
     let Ok(b) = first.x.dim(0) else {
         return Ok(None);
     };
-    if d == 0 || d % 2 != 0 || d > MAX_HEAD_DIM || h == 0 || h * d > MAX_INT {
+    if b == 0 || d == 0 || d % 2 != 0 || d > MAX_HEAD_DIM || h == 0 || h * d > MAX_INT {
         return Ok(None);
     }
     let mut checked = Vec::with_capacity(parts.len());
