@@ -10,7 +10,8 @@
 //! | [`bias_gelu_tanh`] | Linear bias → f32 → tanh-GELU → bf16 |
 //!
 //! On CUDA with bf16 tensors the kernels of `kernels/fused.cu` run (f32 math inside, one rounding at
-//! the end, so slightly more accurate than the chain). Everywhere else (CPU, f32, f16, shapes the kernels
+//! the end, so slightly more accurate than the chain; only the QK RMSNorm keeps diffusers' two bf16
+//! roundings, of the normalised value and of its product with the weight). Everywhere else (CPU, f32, f16, shapes the kernels
 //! do not take) each function runs the unfused candle chain op by op, exactly as the model did before,
 //! so f32 results are bit-identical to the unfused code. `QWEN_EDIT_NO_FUSED=1` (or [`set_enabled`])
 //! forces the unfused chain on CUDA too, for comparisons.
