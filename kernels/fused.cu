@@ -379,3 +379,218 @@ HEADS_TO_ROWS(1)
   }
 QK_ROPE(2, 1)
 QK_ROPE(1, 8)
+
+// ===========================================================================
+// Qwen-Image VAE kernels (channel-first images, bf16 in/out, f32 math inside). Launched from
+// `src/models/nn/fused/cuda/image.rs`; the reference is the candle chain of
+// `src/models/nn/fused/image.rs`.
+//
+//   channel_rms_norm_bf16_v{4,1}(x, gamma, y, C, HW, scale, eps, silu)
+//       x, y [B, C, HW] (NCHW, pixels flattened), gamma [C]. Per pixel p of image b:
+//       n = max(sqrt(sum_c x[b,c,p]^2), eps) in f32, then
+//       y = bf16(bf16(bf16(x / n) * scale) * gamma[c])
+//       (diffusers' QwenImageRMS_norm on bf16 input: F.normalize in f32 then cast, and each of the
+//       two products rounded), and if silu != 0: y = bf16(y / (1 + exp(-y))) (nn.SiLU in bf16).
+//       block = (32, 8): 32 threads along the pixels (VEC consecutive pixels each, so a warp reads
+//       32·VEC consecutive pixels of one channel) by 8 channel groups (group g takes channels
+//       g, g + 8, ...); grid = (ceil(HW / (32·VEC)), B). The sums of the 8 groups meet in shared
+//       memory; the second pass re-reads x (mostly from L2).
+//       _v4 needs HW % 4 == 0 and x, y 8-byte aligned; _v1 has no needs.
+//
+//   softmax_rows_f32_bf16_v{4,1}(s, p, N)
+//       p[r,:] = softmax(s[r,:]) for rows of N f32 scores, written as bf16: one pass for the
+//       running max and sum (online rescaling), one for the output. grid = (rows), block = (T)
+//       with T a multiple of 32, <= 1024. _v4 needs N % 4 == 0, s 16-byte and p 8-byte aligned.
+// ===========================================================================
+
+namespace fused_image {
+
+typedef __nv_bfloat16 bf16;
+
+constexpr int NORM_TX = 32;  // threads along the pixels (one warp)
+constexpr int NORM_TY = 8;   // channel groups
+
+// Loads VEC consecutive bf16 pixels as f32 (VEC == 4: one 8-byte access).
+template <int VEC>
+__device__ __forceinline__ void load_px(const bf16* __restrict__ p, float* v) {
+  if constexpr (VEC == 4) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+    const float2 a = __bfloat1622float2(h[0]);
+    const float2 b = __bfloat1622float2(h[1]);
+    v[0] = a.x;
+    v[1] = a.y;
+    v[2] = b.x;
+    v[3] = b.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[i] = __bfloat162float(p[i]);
+  }
+}
+
+// Rounds VEC f32 to bf16 (nearest even) and stores them (VEC == 4: one 8-byte access).
+template <int VEC>
+__device__ __forceinline__ void store_px(bf16* __restrict__ p, const float* v) {
+  if constexpr (VEC == 4) {
+    uint2 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+    h[0] = __floats2bfloat162_rn(v[0], v[1]);
+    h[1] = __floats2bfloat162_rn(v[2], v[3]);
+    *reinterpret_cast<uint2*>(p) = u;
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) p[i] = __float2bfloat16_rn(v[i]);
+  }
+}
+
+// Loads VEC consecutive f32 (VEC == 4: one 16-byte access).
+template <int VEC>
+__device__ __forceinline__ void load_f32(const float* __restrict__ p, float* v) {
+  if constexpr (VEC == 4) {
+    const float4 u = *reinterpret_cast<const float4*>(p);
+    v[0] = u.x;
+    v[1] = u.y;
+    v[2] = u.z;
+    v[3] = u.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[i] = p[i];
+  }
+}
+
+template <int VEC>
+__device__ void channel_rms_norm(const bf16* __restrict__ x, const bf16* __restrict__ gamma, bf16* __restrict__ y,
+                                 int C, long long HW, float scale, float eps, int silu) {
+  __shared__ float part[NORM_TY][NORM_TX * VEC];
+  const int tx = threadIdx.x;
+  const int ty = threadIdx.y;
+  const long long p = ((long long)blockIdx.x * NORM_TX + tx) * VEC;
+  // HW % VEC == 0, so a thread's VEC pixels are all inside the image or all outside.
+  const bool active = p < HW;
+  const long long base = (long long)blockIdx.y * C * HW + p;
+
+  float ss[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) ss[j] = 0.f;
+  if (active) {
+#pragma unroll 4
+    for (int c = ty; c < C; c += NORM_TY) {
+      float v[VEC];
+      load_px<VEC>(x + base + (long long)c * HW, v);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) ss[j] += v[j] * v[j];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) part[ty][tx * VEC + j] = ss[j];
+  __syncthreads();
+  if (!active) return;  // no barrier follows
+
+  float n[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    float t = 0.f;
+#pragma unroll
+    for (int g = 0; g < NORM_TY; ++g) t += part[g][tx * VEC + j];  // same order in every group
+    n[j] = fmaxf(sqrtf(t), eps);
+  }
+
+#pragma unroll 4
+  for (int c = ty; c < C; c += NORM_TY) {
+    const long long off = base + (long long)c * HW;
+    const float g = __bfloat162float(gamma[c]);
+    float v[VEC];
+    load_px<VEC>(x + off, v);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      float u = fused::round_bf16(v[j] / n[j]);
+      u = fused::round_bf16(u * scale);
+      u *= g;
+      if (silu) {
+        u = fused::round_bf16(u);
+        u = u / (1.f + expf(-u));
+      }
+      v[j] = u;
+    }
+    store_px<VEC>(y + off, v);
+  }
+}
+
+// Merges the softmax state (m2, s2) into (m, s): s is the sum of exp(x - m) over the values seen.
+__device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, float s2) {
+  const float mm = fmaxf(m, m2);
+  if (mm == -INFINITY) return;  // both empty
+  s = s * expf(m - mm) + s2 * expf(m2 - mm);
+  m = mm;
+}
+
+template <int VEC>
+__device__ void softmax_rows(const float* __restrict__ s, bf16* __restrict__ p, int N) {
+  __shared__ float sh_m[32];
+  __shared__ float sh_s[32];
+  const long long row = blockIdx.x;
+  const float* in = s + row * N;
+  bf16* out = p + row * N;
+  const int nv = N / VEC;
+
+  float m = -INFINITY;
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+    float v[VEC];
+    load_f32<VEC>(in + (long long)i * VEC, v);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      if (v[j] > m) {
+        sum = sum * expf(m - v[j]) + 1.f;
+        m = v[j];
+      } else {
+        sum += expf(v[j] - m);
+      }
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+    const float s2 = __shfl_xor_sync(0xffffffffu, sum, o);
+    softmax_merge(m, sum, m2, s2);
+  }
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sh_m[warp] = m;
+    sh_s[warp] = sum;
+  }
+  __syncthreads();
+  m = -INFINITY;
+  sum = 0.f;
+  for (int w = 0; w < (int)(blockDim.x >> 5); ++w) softmax_merge(m, sum, sh_m[w], sh_s[w]);  // same order everywhere
+  const float inv = 1.f / sum;
+
+  for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+    const long long e = (long long)i * VEC;
+    float v[VEC];
+    load_f32<VEC>(in + e, v);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) v[j] = expf(v[j] - m) * inv;
+    store_px<VEC>(out + e, v);
+  }
+}
+
+}  // namespace fused_image
+
+#define CHANNEL_RMS_NORM(VEC)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(256) channel_rms_norm_bf16_v##VEC(                             \
+      const __nv_bfloat16* x, const __nv_bfloat16* gamma, __nv_bfloat16* y, int C, long long HW, float scale, \
+      float eps, int silu) {                                                                                  \
+    fused_image::channel_rms_norm<VEC>(x, gamma, y, C, HW, scale, eps, silu);                                 \
+  }
+CHANNEL_RMS_NORM(4)
+CHANNEL_RMS_NORM(1)
+
+#define SOFTMAX_ROWS(VEC)                                                                                \
+  extern "C" __global__ void __launch_bounds__(1024) softmax_rows_f32_bf16_v##VEC(const float* s,        \
+                                                                                  __nv_bfloat16* p, int N) { \
+    fused_image::softmax_rows<VEC>(s, p, N);                                                             \
+  }
+SOFTMAX_ROWS(4)
+SOFTMAX_ROWS(1)

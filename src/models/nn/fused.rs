@@ -8,6 +8,7 @@
 //! | [`joint_heads`] | Linear bias → reshape → RMSNorm → transpose → f32 → RoPE → bf16 → `cat` text+image |
 //! | [`heads_to_rows`] | transpose → reshape → `narrow().contiguous()` ×2 |
 //! | [`bias_gelu_tanh`] | Linear bias → f32 → tanh-GELU → bf16 |
+//! | [`channel_rms_norm`], [`pixel_attention`] | the VAE's channel RMSNorm (+ SiLU) and attention (see [`image`]) |
 //!
 //! On CUDA with bf16 tensors the kernels of `kernels/fused.cu` run (f32 math inside, one rounding at
 //! the end, so slightly more accurate than the chain; only the QK RMSNorm keeps diffusers' two bf16
@@ -25,6 +26,9 @@ use super::norm::{LayerNormNoAffine, RmsNorm};
 
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod image;
+
+pub use image::{channel_rms_norm, pixel_attention};
 
 /// Environment variable that turns the fused kernels off (any value but `0`).
 pub const DISABLE_ENV: &str = "QWEN_EDIT_NO_FUSED";

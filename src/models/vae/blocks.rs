@@ -9,10 +9,10 @@
 //! its last temporal slice `W[:, :, k - 1]`, and `time_conv`s are skipped by the reference on the first
 //! chunk. All tensors here are `[B, C, H, W]`.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-use crate::models::nn::attention::{attention, AttnMask};
+use crate::models::nn::fused;
 
 /// `F.normalize`'s lower bound on the L2 norm.
 const L2_NORM_EPS: f64 = 1e-12;
@@ -71,8 +71,9 @@ pub fn conv2d(
 /// `QwenImageRMS_norm` (channel-first, no bias): `x / max(‖x‖₂ over C, 1e-12) · √C · γ`.
 ///
 /// The normalisation runs in f32 and is cast back to the input dtype before the two multiplications,
-/// as upstream does for half-precision inputs. Key: `gamma [C, 1, 1, 1]` (`images=False`, residual
-/// blocks and heads) or `[C, 1, 1]` (`images=True`, attention blocks).
+/// as upstream does for half-precision inputs ([`fused::channel_rms_norm`]: one kernel on CUDA in
+/// bf16). Key: `gamma [C, 1, 1, 1]` (`images=False`, residual blocks and heads) or `[C, 1, 1]`
+/// (`images=True`, attention blocks).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     gamma: Tensor, // [1, C, 1, 1]
@@ -94,13 +95,16 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// `silu(norm(x))`, as everywhere upstream but in the attention block (one kernel on CUDA in bf16).
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        fused::channel_rms_norm(x, &self.gamma, self.scale, L2_NORM_EPS, true)
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?;
-        let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(L2_NORM_EPS)?; // [B, 1, H, W]
-        let normalized = xf.broadcast_div(&norm)?.to_dtype(dtype)?;
-        (normalized * self.scale)?.broadcast_mul(&self.gamma)
+        fused::channel_rms_norm(x, &self.gamma, self.scale, L2_NORM_EPS, false)
     }
 }
 
@@ -137,9 +141,9 @@ impl Module for ResidualBlock {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        let x = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let x = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         // Dropout is the identity at inference.
-        let x = self.conv2.forward(&self.norm2.forward(&x)?.silu()?)?;
+        let x = self.conv2.forward(&self.norm2.forward_silu(&x)?)?;
         x + h
     }
 }
@@ -167,7 +171,7 @@ impl AttentionBlock {
 
 impl Module for AttentionBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
+        let (_, c, _, _) = x.dims4()?;
         if c != self.dim {
             candle_core::bail!(
                 "vae attention block: expected {} channels, got input {:?}",
@@ -175,17 +179,9 @@ impl Module for AttentionBlock {
                 x.shape()
             );
         }
-        let qkv = self.to_qkv.forward(&self.norm.forward(x)?)?; // [B, 3C, H, W]
-                                                                // Channels [0, C) are q, [C, 2C) k, [2C, 3C) v; each becomes [B, 1, HW, C].
-        let head = |i: usize| -> Result<Tensor> {
-            qkv.narrow(1, i * c, c)?
-                .reshape((b, 1, c, h * w))?
-                .transpose(2, 3)?
-                .contiguous()
-        };
-        let (q, k, v) = (head(0)?, head(1)?, head(2)?);
-        let o = attention(&q, &k, &v, AttnMask::None, 1.0 / (c as f64).sqrt())?; // [B, 1, HW, C]
-        let o = o.squeeze(1)?.transpose(1, 2)?.reshape((b, c, h, w))?; // [B, C, H, W]
+        // [B, 3C, H, W]: channels [0, C) are q, [C, 2C) k, [2C, 3C) v, one token per pixel.
+        let qkv = self.to_qkv.forward(&self.norm.forward(x)?)?;
+        let o = fused::pixel_attention(&qkv, 1.0 / (c as f64).sqrt())?; // [B, C, H, W]
         self.proj.forward(&o)? + x
     }
 }
@@ -262,7 +258,7 @@ impl Module for MidBlock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn rms_norm_is_l2_normalisation_times_sqrt_c() {

@@ -98,6 +98,6 @@ impl Module for Decoder {
         for b in &self.up_blocks {
             x = b.forward(&x)?;
         }
-        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&x)?)
     }
 }

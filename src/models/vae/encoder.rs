@@ -88,6 +88,6 @@ impl Module for Encoder {
             x = layer.forward(&x)?;
         }
         let x = self.mid_block.forward(&x)?;
-        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&x)?)
     }
 }

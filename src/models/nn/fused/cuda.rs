@@ -15,6 +15,8 @@ use half::bf16;
 
 use super::{count_launch, HeadsPart, PerToken, ShiftScale};
 
+pub(super) mod image;
+
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const MODULE: &str = "qwen_edit_fused";
 
