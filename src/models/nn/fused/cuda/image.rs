@@ -92,6 +92,8 @@ impl Gemm {
         let batch = int(self.batch)?;
         let beta = 0f32;
         let handle = dev.cublas_handle();
+        // cuBLAS runs in the thread's current context; kernel launches bind it, raw calls do not.
+        dev.cuda_stream().context().bind_to_thread().w()?;
         // SAFETY: the addresses point into live allocations sized by the caller for these shapes,
         // leading dimensions and batch strides; cuBLAS runs on candle's stream (the handle is bound
         // to it), in order with the kernels around it. beta = 0, so C is only written.
@@ -232,6 +234,6 @@ mod tests {
         assert_eq!(query_chunk(1, 65536), 4096);
         assert_eq!(query_chunk(1, 37), 37);
         assert_eq!(query_chunk(3, 1 << 27), 1);
-        assert_eq!(query_chunk(1, (1 << 28) / 13), 13 / 8 * 8);
+        assert_eq!(query_chunk(1, (1 << 28) / 13), 8); // 13 rows, rounded down to 8
     }
 }
