@@ -85,7 +85,7 @@ struct Plan {
     std::shared_ptr<fe::graph::Graph> graph;  // null when unsupported
     int64_t workspace = 0;
     bool fused_bias   = false;  // conv: the bias add is part of the graph
-    std::string message;        // why it is unsupported
+    std::string message;        // why it is unsupported, or which plan was built
 };
 
 struct DeviceHandle {
@@ -185,9 +185,11 @@ finish_graph(fe::graph::Graph &g,
     return m;
 }
 
-// One SDPA graph; `bias_layout` 0: bias dims [b, 1, 1, skv], 1: [b, 1, sq, skv] with a zero stride on sq.
+// The SDPA graph of `d`, not yet built; `bias_layout` 0: bias dims [b, 1, 1, skv], 1: [b, 1, sq, skv] with
+// a zero stride on sq. `impl`: the frontend's choice (AUTO picks its native "unified" SDPA operation on
+// recent cuDNN) or COMPOSITE (the classic fused-attention operation graph).
 std::shared_ptr<fe::graph::Graph>
-sdpa_graph(QeSdpaDesc const &d, cudnnHandle_t handle, int bias_layout, std::string &why) {
+define_sdpa(QeSdpaDesc const &d, int bias_layout, fe::AttentionImplementation_t impl) {
     auto g = std::make_shared<fe::graph::Graph>();
     g->set_io_data_type(io_type(d.dtype))
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
@@ -207,7 +209,8 @@ sdpa_graph(QeSdpaDesc const &d, cudnnHandle_t handle, int bias_layout, std::stri
     auto opts = fe::graph::SDPA_attributes()
                     .set_name("qe_sdpa")
                     .set_generate_stats(false)
-                    .set_attn_scale(static_cast<float>(d.scale));
+                    .set_attn_scale(static_cast<float>(d.scale))
+                    .set_implementation(impl);
     if (d.mask == 1) {
         opts.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
     } else if (d.mask == 2) {
@@ -226,13 +229,30 @@ sdpa_graph(QeSdpaDesc const &d, cudnnHandle_t handle, int bias_layout, std::stri
         .set_dim({d.b, d.h, d.sq, d.d})
         .set_stride({d.o_stride[0], d.o_stride[1], d.o_stride[2], d.o_stride[3]})
         .set_data_type(io_type(d.dtype));
-    why = finish_graph(*g, handle, d.heur, d.max_workspace, {});
-    return why.empty() ? g : nullptr;
+    return g;
 }
 
-// Conv (+ bias when `fuse_bias`) as one graph.
+// The built SDPA graph of `d`: the frontend's own choice of implementation first, then the composite one.
+// `why` collects the failures; on success `used` names the implementation.
 std::shared_ptr<fe::graph::Graph>
-conv_graph(QeConvDesc const &d, cudnnHandle_t handle, bool fuse_bias, std::string &why) {
+sdpa_graph(QeSdpaDesc const &d, cudnnHandle_t handle, int bias_layout, std::string &why, std::string &used) {
+    why.clear();
+    for (auto impl : {fe::AttentionImplementation_t::AUTO, fe::AttentionImplementation_t::COMPOSITE}) {
+        char const *name = impl == fe::AttentionImplementation_t::AUTO ? "auto" : "composite";
+        auto g           = define_sdpa(d, bias_layout, impl);
+        std::string m    = finish_graph(*g, handle, d.heur, d.max_workspace, {});
+        if (m.empty()) {
+            used = name;
+            return g;
+        }
+        why += std::string(why.empty() ? "" : "; ") + name + ": " + m;
+    }
+    return nullptr;
+}
+
+// The conv (+ bias when `fuse_bias`) graph of `d`, not yet built.
+std::shared_ptr<fe::graph::Graph>
+define_conv(QeConvDesc const &d, bool fuse_bias) {
     auto const io = io_type(d.dtype);
     auto g        = std::make_shared<fe::graph::Graph>();
     g->set_io_data_type(io)
@@ -273,14 +293,24 @@ conv_graph(QeConvDesc const &d, cudnnHandle_t handle, bool fuse_bias, std::strin
         Y = g->pointwise(Y, B, add);
     }
     Y->set_output(true).set_uid(UID_Y).set_dim(y_dim).set_stride(y_stride).set_data_type(io);
-    // f32 in and out: keep the math f32 (no TF32 or down-converted inputs). Half types: f32 accumulation.
-    std::vector<fe::NumericalNote_t> deny;
-    if (d.dtype == 2) {
-        deny = {fe::NumericalNote_t::TENSOR_CORE, fe::NumericalNote_t::DOWN_CONVERT_INPUTS};
-    } else {
-        deny = {fe::NumericalNote_t::REDUCED_PRECISION_REDUCTION};
+    return g;
+}
+
+// Engines a conv of dtype code `dtype` must not use: f32 in and out keeps the math f32 (no TF32 or
+// down-converted inputs); half types keep f32 accumulation.
+std::vector<fe::NumericalNote_t>
+conv_denied_notes(int64_t dtype) {
+    if (dtype == 2) {
+        return {fe::NumericalNote_t::TENSOR_CORE, fe::NumericalNote_t::DOWN_CONVERT_INPUTS};
     }
-    why = finish_graph(*g, handle, d.heur, d.max_workspace, deny);
+    return {fe::NumericalNote_t::REDUCED_PRECISION_REDUCTION};
+}
+
+// The built conv graph of `d`, or null with the reason in `why`.
+std::shared_ptr<fe::graph::Graph>
+conv_graph(QeConvDesc const &d, cudnnHandle_t handle, bool fuse_bias, std::string &why) {
+    auto g = define_conv(d, fuse_bias);
+    why    = finish_graph(*g, handle, d.heur, d.max_workspace, conv_denied_notes(d.dtype));
     return why.empty() ? g : nullptr;
 }
 
@@ -322,8 +352,9 @@ conv_desc_ok(QeConvDesc const &d, std::string &why) {
 // Looks up or builds the plan for `key` with `build`; returns the plan (null only on a hard error).
 template <typename Build>
 std::shared_ptr<Plan>
-plan_for(int device, std::string const &key, Build build, int &code, std::string &err) {
+plan_for(int device, std::string const &key, Build build, int &code, std::string &err, bool &built) {
     std::lock_guard<std::mutex> lock(g_mu);
+    built   = false;
     auto it = g_plans.find(key);
     if (it != g_plans.end()) {
         code = it->second->graph ? QE_OK : QE_UNSUPPORTED;
@@ -348,14 +379,16 @@ plan_for(int device, std::string const &key, Build build, int &code, std::string
         }
     }
     g_plans.emplace(key, plan);
-    code = plan->graph ? QE_OK : QE_UNSUPPORTED;
+    built = true;
+    code  = plan->graph ? QE_OK : QE_UNSUPPORTED;
     err  = plan->message;
     return plan;
 }
 
-// The cached SDPA plan for `desc` (built on first use). `code`: QE_OK, QE_UNSUPPORTED (with `why`), or an error.
+// The cached SDPA plan for `desc` (built on first use, then `built` is set). `code`: QE_OK (`why` describes
+// the plan), QE_UNSUPPORTED (`why` says why), or an error.
 std::shared_ptr<Plan>
-sdpa_plan(int device, QeSdpaDesc const *desc, int &code, std::string &why) {
+sdpa_plan(int device, QeSdpaDesc const *desc, int &code, std::string &why, bool &built) {
     if (!loaded()) {
         code = QE_NOT_LOADED;
         why  = "cuDNN is not loaded";
@@ -368,21 +401,23 @@ sdpa_plan(int device, QeSdpaDesc const *desc, int &code, std::string &why) {
     }
     QeSdpaDesc const d = *desc;
     auto build         = [&d](cudnnHandle_t h, Plan &p) {
-        std::string first;
-        p.graph = sdpa_graph(d, h, 0, first);
+        std::string first, used;
+        p.graph   = sdpa_graph(d, h, 0, first, used);
+        p.message = used + " implementation";
         if (!p.graph && d.mask == 2) {
             std::string second;
-            p.graph = sdpa_graph(d, h, 1, second);
+            p.graph   = sdpa_graph(d, h, 1, second, used);
+            p.message = used + " implementation, bias [b, 1, sq, skv] (" + first + ")";
             first += "; with a [b, 1, sq, skv] bias: " + second;
         }
         if (!p.graph) p.message = first;
     };
-    return plan_for(device, cache_key('a', device, &d, sizeof d), build, code, why);
+    return plan_for(device, cache_key('a', device, &d, sizeof d), build, code, why, built);
 }
 
 // The cached conv plan for `desc`: conv + bias fused when cuDNN can, else the conv alone.
 std::shared_ptr<Plan>
-conv_plan(int device, QeConvDesc const *desc, int &code, std::string &why) {
+conv_plan(int device, QeConvDesc const *desc, int &code, std::string &why, bool &built) {
     if (!loaded()) {
         code = QE_NOT_LOADED;
         why  = "cuDNN is not loaded";
@@ -399,14 +434,16 @@ conv_plan(int device, QeConvDesc const *desc, int &code, std::string &why) {
         if (d.has_bias != 0) {
             p.graph      = conv_graph(d, h, true, fused_why);
             p.fused_bias = p.graph != nullptr;
+            p.message    = "conv + bias in one graph";
         }
         if (!p.graph) {
             std::string plain_why;
-            p.graph = conv_graph(d, h, false, plain_why);
+            p.graph   = conv_graph(d, h, false, plain_why);
+            p.message = d.has_bias != 0 ? "conv alone, bias added after (" + fused_why + ")" : "conv";
             if (!p.graph) p.message = plain_why;
         }
     };
-    return plan_for(device, cache_key('c', device, &d, sizeof d), build, code, why);
+    return plan_for(device, cache_key('c', device, &d, sizeof d), build, code, why, built);
 }
 
 int
@@ -489,17 +526,20 @@ qe_cudnn_load(char const *path, int64_t *version, char *err, size_t n) {
     return QE_NOT_LOADED;
 }
 
-// Builds (or finds) the SDPA plan for `desc` on `device` and writes its workspace size in bytes.
+// Builds (or finds) the SDPA plan for `desc` on `device` and writes its workspace size in bytes; `built` is
+// set to 1 when this call built the plan. On QE_OK, `err` describes the plan; otherwise it says why not.
 int
-qe_sdpa_prepare(int device, QeSdpaDesc const *desc, int64_t *workspace, char *err, size_t n) {
+qe_sdpa_prepare(int device, QeSdpaDesc const *desc, int64_t *workspace, int32_t *built, char *err, size_t n) {
     try {
-        if (workspace == nullptr) {
+        if (workspace == nullptr || built == nullptr) {
             write_err(err, n, "SDPA prepare: null argument");
             return QE_ERROR;
         }
-        int code = QE_ERROR;
+        int code   = QE_ERROR;
+        bool fresh = false;
         std::string why;
-        auto plan = sdpa_plan(device, desc, code, why);
+        auto plan = sdpa_plan(device, desc, code, why, fresh);
+        *built    = fresh ? 1 : 0;
         if (plan && code == QE_OK) {
             *workspace = plan->workspace;
         }
@@ -535,8 +575,9 @@ qe_sdpa_execute(int device,
             write_err(err, n, "SDPA execute: null argument");
             return QE_ERROR;
         }
-        int code = QE_ERROR;
-        auto plan = sdpa_plan(device, desc, code, why);
+        int code   = QE_ERROR;
+        bool fresh = false;
+        auto plan  = sdpa_plan(device, desc, code, why, fresh);
         if (!plan || code != QE_OK) {
             write_err(err, n, why);
             return code;
@@ -560,17 +601,25 @@ qe_sdpa_execute(int device,
 }
 
 // Builds (or finds) the conv plan for `desc`; writes its workspace size and whether the bias add is fused
-// (when not, the caller adds the bias itself).
+// (when not, the caller adds the bias itself); `built` and `err` as for qe_sdpa_prepare.
 int
-qe_conv_prepare(int device, QeConvDesc const *desc, int64_t *workspace, int32_t *fused_bias, char *err, size_t n) {
+qe_conv_prepare(int device,
+                QeConvDesc const *desc,
+                int64_t *workspace,
+                int32_t *fused_bias,
+                int32_t *built,
+                char *err,
+                size_t n) {
     try {
-        if (workspace == nullptr || fused_bias == nullptr) {
+        if (workspace == nullptr || fused_bias == nullptr || built == nullptr) {
             write_err(err, n, "conv prepare: null argument");
             return QE_ERROR;
         }
-        int code = QE_ERROR;
+        int code   = QE_ERROR;
+        bool fresh = false;
         std::string why;
-        auto plan = conv_plan(device, desc, code, why);
+        auto plan = conv_plan(device, desc, code, why, fresh);
+        *built    = fresh ? 1 : 0;
         if (plan && code == QE_OK) {
             *workspace  = plan->workspace;
             *fused_bias = plan->fused_bias ? 1 : 0;
@@ -604,8 +653,9 @@ qe_conv_execute(int device,
             write_err(err, n, "conv execute: null argument");
             return QE_ERROR;
         }
-        int code = QE_ERROR;
-        auto plan = conv_plan(device, desc, code, why);
+        int code   = QE_ERROR;
+        bool fresh = false;
+        auto plan  = conv_plan(device, desc, code, why, fresh);
         if (!plan || code != QE_OK) {
             write_err(err, n, why);
             return code;

@@ -33,6 +33,12 @@ static LOCK: Mutex<()> = Mutex::new(());
 /// Serialises the tests and resets the switches (cuDNN on, outputs poisoned).
 fn setup() -> (MutexGuard<'static, ()>, Device) {
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // Shows the shim's plan choices and fallback reasons (RUST_LOG overrides the default).
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "qwen_edit=debug".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     cudnn::set_enabled(Some(true));
     cudnn::set_poison_outputs(true);
     let dev = Device::new_cuda(0).expect("these tests need a CUDA GPU");
@@ -544,6 +550,19 @@ fn bench_cudnn_vs_fallback() {
         let scale = 1.0 / (d as f64).sqrt();
         let flop = 4.0 * (h * s * s * d) as f64;
         let case = format!("sdpa B1 H{h} S{s} D{d}");
+        // The first call of a shape builds its plan (heuristics, kernel compilation): what a new
+        // prompt length costs once.
+        let t = Instant::now();
+        drop(
+            cudnn::sdpa(&q, &k, &v, SdpaMask::None, scale)
+                .unwrap()
+                .expect("declined"),
+        );
+        dev.synchronize().unwrap();
+        println!(
+            "| {case} | cudnn first call | {:.3} | – |",
+            t.elapsed().as_secs_f64() * 1e3
+        );
         let t = time_ms(&dev, || {
             cudnn::sdpa(&q, &k, &v, SdpaMask::None, scale)
                 .unwrap()
@@ -587,6 +606,13 @@ fn bench_cudnn_vs_fallback() {
         );
         let out = if down { size / 2 } else { size };
         let flop = 2.0 * (k * c * 9 * out * out) as f64;
+        let t = Instant::now();
+        drop(layer.forward(&x).unwrap());
+        dev.synchronize().unwrap();
+        println!(
+            "| {name} | cudnn first call | {:.3} | – |",
+            t.elapsed().as_secs_f64() * 1e3
+        );
         let t = time_ms(&dev, || {
             cudnn::conv2d(&x, layer.weight(), layer.bias(), padding, stride)
                 .unwrap()

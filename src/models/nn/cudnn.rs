@@ -86,7 +86,14 @@ struct ConvDesc {
 
 extern "C" {
     fn qe_cudnn_load(path: *const c_char, version: *mut i64, err: *mut c_char, n: usize) -> c_int;
-    fn qe_sdpa_prepare(device: c_int, desc: *const SdpaDesc, workspace: *mut i64, err: *mut c_char, n: usize) -> c_int;
+    fn qe_sdpa_prepare(
+        device: c_int,
+        desc: *const SdpaDesc,
+        workspace: *mut i64,
+        built: *mut i32,
+        err: *mut c_char,
+        n: usize,
+    ) -> c_int;
     fn qe_sdpa_execute(
         device: c_int,
         stream: *mut c_void,
@@ -106,6 +113,7 @@ extern "C" {
         desc: *const ConvDesc,
         workspace: *mut i64,
         fused_bias: *mut i32,
+        built: *mut i32,
         err: *mut c_char,
         n: usize,
     ) -> c_int;
@@ -518,11 +526,29 @@ pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: SdpaMask<'_>, scale: f64) 
     let shape_note = format!("B{b} H{h} Sq{sq} Skv{skv} D{d} {dtype:?} mask {}", desc.mask);
     let mut err = vec![0 as c_char; ERR_LEN];
     let mut ws_bytes = 0i64;
+    let mut built = 0i32;
+    let started = std::time::Instant::now();
     // SAFETY: desc and out pointers are live; the error buffer has ERR_LEN bytes.
-    let code = unsafe { qe_sdpa_prepare(info.ordinal, &desc, &mut ws_bytes, err.as_mut_ptr(), ERR_LEN) };
+    let code = unsafe {
+        qe_sdpa_prepare(
+            info.ordinal,
+            &desc,
+            &mut ws_bytes,
+            &mut built,
+            err.as_mut_ptr(),
+            ERR_LEN,
+        )
+    };
     if code != QE_OK {
         not_taken(Op::Sdpa, code, &shape_note, &err_string(&err));
         return Ok(None);
+    }
+    if built != 0 {
+        tracing::debug!(
+            "cuDNN SDPA plan for {shape_note}: {}, workspace {ws_bytes} B, built in {:.1?}",
+            err_string(&err),
+            started.elapsed()
+        );
     }
 
     let n = b * h * sq * d;
@@ -675,6 +701,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: usize, str
     let mut err = vec![0 as c_char; ERR_LEN];
     let mut ws_bytes = 0i64;
     let mut fused = 0i32;
+    let mut built = 0i32;
+    let started = std::time::Instant::now();
     // SAFETY: desc and out pointers are live; the error buffer has ERR_LEN bytes.
     let code = unsafe {
         qe_conv_prepare(
@@ -682,6 +710,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: usize, str
             &desc,
             &mut ws_bytes,
             &mut fused,
+            &mut built,
             err.as_mut_ptr(),
             ERR_LEN,
         )
@@ -689,6 +718,13 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: usize, str
     if code != QE_OK {
         not_taken(Op::Conv, code, &shape_note, &err_string(&err));
         return Ok(None);
+    }
+    if built != 0 {
+        tracing::debug!(
+            "cuDNN conv plan for {shape_note}: {}, workspace {ws_bytes} B, built in {:.1?}",
+            err_string(&err),
+            started.elapsed()
+        );
     }
 
     let mut out = alloc_out(&dev, dtype, n * k * out_h * out_w)?;
