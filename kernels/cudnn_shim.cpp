@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -42,6 +43,10 @@ constexpr int QE_OK          = 0;
 constexpr int QE_UNSUPPORTED = 1;  // cuDNN has no engine for this graph (or rejects it): fall back
 constexpr int QE_ERROR       = 2;  // anything else (bad arguments, a failed launch, ...)
 constexpr int QE_NOT_LOADED  = 3;  // libcudnn could not be loaded
+
+// Plans kept at most (oldest dropped first): every new sequence length is a new SDPA shape, and a
+// long-running server sees many.
+constexpr size_t MAX_PLANS = 256;
 
 // Tensor uids of the graphs below.
 constexpr int64_t UID_Q = 1, UID_K = 2, UID_V = 3, UID_O = 4, UID_BIAS = 5;
@@ -98,9 +103,10 @@ int g_load_state = 0;  // 0 not tried, 1 loaded, -1 failed
 std::string g_load_error;
 int64_t g_version = 0;
 
-std::mutex g_mu;  // guards the two maps below
+std::mutex g_mu;  // guards the maps below
 std::unordered_map<int, std::unique_ptr<DeviceHandle>> g_devices;
 std::unordered_map<std::string, std::shared_ptr<Plan>> g_plans;
+std::deque<std::string> g_plan_order;  // insertion order of g_plans' keys
 
 void
 write_err(char *err, size_t n, std::string const &msg) {
@@ -379,6 +385,12 @@ plan_for(int device, std::string const &key, Build build, int &code, std::string
         }
     }
     g_plans.emplace(key, plan);
+    g_plan_order.push_back(key);
+    while (g_plan_order.size() > MAX_PLANS) {
+        // A plan still executing elsewhere stays alive through its shared_ptr.
+        g_plans.erase(g_plan_order.front());
+        g_plan_order.pop_front();
+    }
     built = true;
     code  = plan->graph ? QE_OK : QE_UNSUPPORTED;
     err  = plan->message;
