@@ -303,13 +303,16 @@ define_conv(QeConvDesc const &d, bool fuse_bias) {
 }
 
 // Engines a conv of dtype code `dtype` must not use: f32 in and out keeps the math f32 (no TF32 or
-// down-converted inputs); half types keep f32 accumulation.
+// down-converted inputs); half types keep f32 accumulation. Never nondeterministic ones: the same seed
+// must give the same image.
 std::vector<fe::NumericalNote_t>
 conv_denied_notes(int64_t dtype) {
     if (dtype == 2) {
-        return {fe::NumericalNote_t::TENSOR_CORE, fe::NumericalNote_t::DOWN_CONVERT_INPUTS};
+        return {fe::NumericalNote_t::TENSOR_CORE,
+                fe::NumericalNote_t::DOWN_CONVERT_INPUTS,
+                fe::NumericalNote_t::NONDETERMINISTIC};
     }
-    return {fe::NumericalNote_t::REDUCED_PRECISION_REDUCTION};
+    return {fe::NumericalNote_t::REDUCED_PRECISION_REDUCTION, fe::NumericalNote_t::NONDETERMINISTIC};
 }
 
 // The built conv graph of `d`, or null with the reason in `why`.
@@ -382,6 +385,10 @@ plan_for(int device, std::string const &key, Build build, int &code, std::string
             plan->message = "get_workspace_size: " + st.get_message();
         } else {
             plan->workspace = ws;
+            std::string name;
+            if (plan->graph->get_plan_name(name).is_good()) {
+                plan->message += ", engine " + name;
+            }
         }
     }
     g_plans.emplace(key, plan);

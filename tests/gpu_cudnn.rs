@@ -126,6 +126,10 @@ struct Case {
     d: usize,
 }
 
+fn case(b: usize, h: usize, sq: usize, skv: usize, d: usize) -> Case {
+    Case { b, h, sq, skv, d }
+}
+
 fn check_sdpa(dev: &Device, c: &Case, mask: &str) -> Option<f32> {
     let q = randn(&[c.b, c.h, c.sq, c.d], 1.0, DType::BF16, dev);
     let k = randn(&[c.b, c.h, c.skv, c.d], 1.0, DType::BF16, dev);
@@ -167,55 +171,13 @@ fn check_sdpa(dev: &Device, c: &Case, mask: &str) -> Option<f32> {
 fn cudnn_sdpa_matches_f32_reference() {
     let (_g, dev) = setup();
     let cases = [
-        Case {
-            b: 1,
-            h: 24,
-            sq: 8448,
-            skv: 8448,
-            d: 128,
-        },
-        Case {
-            b: 1,
-            h: 24,
-            sq: 4352,
-            skv: 4352,
-            d: 128,
-        },
-        Case {
-            b: 1,
-            h: 24,
-            sq: 1001,
-            skv: 1001,
-            d: 128,
-        },
-        Case {
-            b: 2,
-            h: 4,
-            sq: 777,
-            skv: 777,
-            d: 128,
-        },
-        Case {
-            b: 2,
-            h: 3,
-            sq: 1000,
-            skv: 777,
-            d: 128,
-        },
-        Case {
-            b: 1,
-            h: 16,
-            sq: 1296,
-            skv: 1296,
-            d: 80,
-        },
-        Case {
-            b: 2,
-            h: 5,
-            sq: 333,
-            skv: 1001,
-            d: 64,
-        },
+        case(1, 24, 8448, 8448, 128),
+        case(1, 24, 4352, 4352, 128),
+        case(1, 24, 1001, 1001, 128),
+        case(2, 4, 777, 777, 128),
+        case(2, 3, 1000, 777, 128),
+        case(1, 16, 1296, 1296, 80),
+        case(2, 5, 333, 1001, 64),
     ];
     for c in &cases {
         let e = check_sdpa(&dev, c, "none")
@@ -239,22 +201,7 @@ fn cudnn_sdpa_matches_f32_reference() {
 #[test]
 fn cudnn_sdpa_causal_matches_f32_reference() {
     let (_g, dev) = setup();
-    for c in [
-        Case {
-            b: 2,
-            h: 28,
-            sq: 300,
-            skv: 300,
-            d: 128,
-        },
-        Case {
-            b: 1,
-            h: 4,
-            sq: 1501,
-            skv: 1501,
-            d: 128,
-        },
-    ] {
+    for c in [case(2, 28, 300, 300, 128), case(1, 4, 1501, 1501, 128)] {
         let e = check_sdpa(&dev, &c, "causal").unwrap_or_else(|| panic!("cuDNN SDPA declined causal S{}", c.sq));
         println!("SDPA causal B{} H{} S{}: rel err {e:.2e}", c.b, c.h, c.sq);
         assert!(e < 1e-2, "causal S{}: rel err {e}", c.sq);
@@ -266,22 +213,7 @@ fn cudnn_sdpa_causal_matches_f32_reference() {
 #[test]
 fn cudnn_sdpa_key_bias_matches_f32_reference_when_taken() {
     let (_g, dev) = setup();
-    for c in [
-        Case {
-            b: 2,
-            h: 4,
-            sq: 300,
-            skv: 300,
-            d: 128,
-        },
-        Case {
-            b: 2,
-            h: 3,
-            sq: 1000,
-            skv: 777,
-            d: 128,
-        },
-    ] {
+    for c in [case(2, 4, 300, 300, 128), case(2, 3, 1000, 777, 128)] {
         match check_sdpa(&dev, &c, "keys") {
             Some(e) => {
                 println!("SDPA key bias B{} Sq{} Skv{}: rel err {e:.2e}", c.b, c.sq, c.skv);
@@ -298,13 +230,7 @@ fn cudnn_sdpa_key_bias_matches_f32_reference_when_taken() {
 #[test]
 fn attention_dispatch_uses_cudnn_and_falls_back_when_off() {
     let (_g, dev) = setup();
-    let c = Case {
-        b: 1,
-        h: 8,
-        sq: 1024,
-        skv: 1024,
-        d: 128,
-    };
+    let c = case(1, 8, 1024, 1024, 128);
     let q = randn(&[c.b, c.h, c.sq, c.d], 1.0, DType::BF16, &dev);
     let k = randn(&[c.b, c.h, c.skv, c.d], 1.0, DType::BF16, &dev);
     let v = randn(&[c.b, c.h, c.skv, c.d], 1.0, DType::BF16, &dev);
