@@ -5,9 +5,11 @@
 //! tensor never exceeds [`MAX_SCORE_ELEMENTS`] elements: candle's CUDA softmax indexes with i32 and
 //! silently corrupts results above 2^31 elements (24 heads × 12.7k tokens with two references).
 //!
-//! On CUDA in bf16 with head dims 128 or 80 (every network of the family) the fused flash kernel of
-//! [`super::flash`] runs instead: no score tensor, 64-bit indexing. `QWEN_EDIT_NAIVE_ATTENTION=1`
-//! turns it off (for comparisons).
+//! On CUDA the fused paths run instead, first that applies: with the `cudnn` feature, cuDNN 9's fused
+//! attention ([`super::cudnn::sdpa`]: bf16/f16, head dim a multiple of 8 up to 256, any mask kind here;
+//! `QWEN_EDIT_NO_CUDNN=1` or `QWEN_EDIT_NO_CUDNN_SDPA=1` turns it off), then the flash kernel of
+//! [`super::flash`] (bf16, head dims 128 or 80: every network of the family; no score tensor, 64-bit
+//! indexing). `QWEN_EDIT_NAIVE_ATTENTION=1` turns both off (for comparisons).
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -54,12 +56,26 @@ pub fn attention_chunked(
         candle_core::bail!("attention: causal mask needs Sq == Skv, got {sq} vs {skv}");
     }
     #[cfg(feature = "cuda")]
-    if super::flash::supported(q, k) && !naive_forced() {
+    if q.device().is_cuda() && !naive_forced() {
         let bias = match mask {
             AttnMask::KeyPadding(m) => Some(key_bias(m, b, skv)?),
             _ => None,
         };
-        return super::flash::flash_attention(q, k, v, bias.as_ref(), scale, matches!(mask, AttnMask::Causal));
+        #[cfg(feature = "cudnn")]
+        {
+            use super::cudnn::{sdpa, SdpaMask};
+            let cudnn_mask = match (mask, &bias) {
+                (AttnMask::KeyPadding(_), Some(bias)) => SdpaMask::KeyBias(bias),
+                (AttnMask::Causal, _) => SdpaMask::Causal,
+                _ => SdpaMask::None,
+            };
+            if let Some(o) = sdpa(q, k, v, cudnn_mask, scale)? {
+                return Ok(o);
+            }
+        }
+        if super::flash::supported(q, k) {
+            return super::flash::flash_attention(q, k, v, bias.as_ref(), scale, matches!(mask, AttnMask::Causal));
+        }
     }
     let out_dtype = q.dtype();
     let q = q.to_dtype(DType::F32)?;

@@ -1,6 +1,9 @@
 //! Building blocks shared by all networks.
 
 pub mod attention;
+pub mod conv;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 #[cfg(feature = "cuda")]
 pub mod flash;
 pub mod fused;

@@ -10,8 +10,9 @@
 //! chunk. All tensors here are `[B, C, H, W]`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::models::nn::conv::Conv2d;
 use crate::models::nn::fused;
 
 /// `F.normalize`'s lower bound on the L2 norm.
@@ -30,12 +31,8 @@ impl CausalConv {
         let b = vb.get(out_dim, "bias")?;
         // [out, in, kt, kh, kw] -> [out, in, kh, kw] with kt = k - 1 (the frame itself; earlier taps see zeros).
         let w = w.narrow(2, k - 1, 1)?.squeeze(2)?.contiguous()?;
-        let cfg = Conv2dConfig {
-            padding: k / 2,
-            ..Default::default()
-        };
         Ok(Self {
-            conv: Conv2d::new(w, Some(b), cfg),
+            conv: Conv2d::new(w, Some(b), k / 2, 1),
         })
     }
 }
@@ -57,15 +54,7 @@ pub fn conv2d(
 ) -> Result<Conv2d> {
     let w = vb.get((out_dim, in_dim, k, k), "weight")?;
     let b = vb.get(out_dim, "bias")?;
-    Ok(Conv2d::new(
-        w,
-        Some(b),
-        Conv2dConfig {
-            padding,
-            stride,
-            ..Default::default()
-        },
-    ))
+    Ok(Conv2d::new(w, Some(b), padding, stride))
 }
 
 /// `QwenImageRMS_norm` (channel-first, no bias): `x / max(‖x‖₂ over C, 1e-12) · √C · γ`.
