@@ -17,7 +17,9 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -88,8 +90,10 @@ namespace {
 
 struct Plan {
     std::shared_ptr<fe::graph::Graph> graph;  // null when unsupported
-    int64_t workspace = 0;
-    bool fused_bias   = false;  // conv: the bias add is part of the graph
+    std::atomic<int64_t> workspace{0};        // while `tune_pending`: the largest of the built plans'
+    bool fused_bias = false;                  // conv: the bias add is part of the graph
+    int64_t plans_built = 1;                  // conv: candidate plans built for autotuning
+    std::atomic<bool> tune_pending{false};    // conv: time the built plans at the first execute
     std::string message;        // why it is unsupported, or which plan was built
 };
 
@@ -172,7 +176,9 @@ finish_graph(fe::graph::Graph &g,
              cudnnHandle_t handle,
              int64_t heur,
              int64_t max_workspace,
-             std::vector<fe::NumericalNote_t> const &deny) {
+             std::vector<fe::NumericalNote_t> const &deny,
+             int64_t max_plans = 1,
+             int64_t *plans_built = nullptr) {
     auto check = [](fe::error_t e, char const *step) -> std::string {
         return e.is_good() ? std::string() : std::string(step) + ": " + e.get_message();
     };
@@ -187,7 +193,25 @@ finish_graph(fe::graph::Graph &g,
     }
     g.deselect_workspace_greater_than(max_workspace);
     if (!(m = check(g.check_support(), "check_support")).empty()) return m;
-    if (!(m = check(g.build_plans(fe::BuildPlanPolicy_t::HEURISTICS_CHOICE), "build_plans")).empty()) return m;
+    if (max_plans <= 1) {
+        if (!(m = check(g.build_plans(fe::BuildPlanPolicy_t::HEURISTICS_CHOICE), "build_plans")).empty()) return m;
+        if (plans_built != nullptr) *plans_built = 1;
+        return m;
+    }
+    // Several candidates, in heuristic order, for `autotune` to time at the first execute: the heuristics'
+    // first choice is not always fast (seen: a 192→96 3×3 conv at 1024² ran 10× slower than torch's).
+    int64_t built = 0;
+    std::string failures;
+    for (int64_t i = 0; i < g.get_execution_plan_count() && built < max_plans; i++) {
+        auto st = g.build_plan_at_index(i);
+        if (st.is_good()) {
+            built++;
+        } else {
+            failures += "; plan " + std::to_string(i) + ": " + st.get_message();
+        }
+    }
+    if (built == 0) return "build_plan_at_index: no plan built" + failures;
+    if (plans_built != nullptr) *plans_built = built;
     return m;
 }
 
@@ -302,6 +326,18 @@ define_conv(QeConvDesc const &d, bool fuse_bias) {
     return g;
 }
 
+// How many candidate plans a conv builds and times at its first execute (`QWEN_EDIT_CUDNN_CONV_PLANS`,
+// default 4; 1 takes the heuristics' first choice untimed).
+int64_t
+conv_autotune_plans() {
+    static int64_t const n = [] {
+        char const *v = std::getenv("QWEN_EDIT_CUDNN_CONV_PLANS");
+        long const parsed = v != nullptr ? std::strtol(v, nullptr, 10) : 4;
+        return static_cast<int64_t>(parsed < 1 ? 1 : (parsed > 16 ? 16 : parsed));
+    }();
+    return n;
+}
+
 // Engines a conv of dtype code `dtype` must not use: f32 in and out keeps the math f32 (no TF32 or
 // down-converted inputs); half types keep f32 accumulation. Never nondeterministic ones: the same seed
 // must give the same image.
@@ -317,9 +353,9 @@ conv_denied_notes(int64_t dtype) {
 
 // The built conv graph of `d`, or null with the reason in `why`.
 std::shared_ptr<fe::graph::Graph>
-conv_graph(QeConvDesc const &d, cudnnHandle_t handle, bool fuse_bias, std::string &why) {
+conv_graph(QeConvDesc const &d, cudnnHandle_t handle, bool fuse_bias, std::string &why, int64_t &built) {
     auto g = define_conv(d, fuse_bias);
-    why    = finish_graph(*g, handle, d.heur, d.max_workspace, conv_denied_notes(d.dtype));
+    why    = finish_graph(*g, handle, d.heur, d.max_workspace, conv_denied_notes(d.dtype), conv_autotune_plans(), &built);
     return why.empty() ? g : nullptr;
 }
 
@@ -379,7 +415,12 @@ plan_for(int device, std::string const &key, Build build, int &code, std::string
     build(dev->handle, *plan);
     if (plan->graph) {
         int64_t ws = 0;
-        auto st    = plan->graph->get_workspace_size(ws);
+        fe::error_t st{fe::error_code_t::OK, ""};
+        if (plan->tune_pending) {
+            ws = plan->graph->get_autotune_workspace_size();
+        } else {
+            st = plan->graph->get_workspace_size(ws);
+        }
         if (st.is_bad() || ws < 0) {
             plan->graph   = nullptr;
             plan->message = "get_workspace_size: " + st.get_message();
@@ -451,26 +492,27 @@ conv_plan(int device, QeConvDesc const *desc, int &code, std::string &why, bool 
     auto build         = [&d](cudnnHandle_t h, Plan &p) {
         std::string fused_why;
         if (d.has_bias != 0) {
-            p.graph      = conv_graph(d, h, true, fused_why);
+            p.graph      = conv_graph(d, h, true, fused_why, p.plans_built);
             p.fused_bias = p.graph != nullptr;
             p.message    = "conv + bias in one graph";
         }
         if (!p.graph) {
             std::string plain_why;
-            p.graph   = conv_graph(d, h, false, plain_why);
+            p.graph   = conv_graph(d, h, false, plain_why, p.plans_built);
             p.message = d.has_bias != 0 ? "conv alone, bias added after (" + fused_why + ")" : "conv";
             if (!p.graph) p.message = plain_why;
         }
+        p.tune_pending = p.graph != nullptr && p.plans_built > 1;
     };
     return plan_for(device, cache_key('c', device, &d, sizeof d), build, code, why, built);
 }
 
 int
-execute(int device, void *stream, Plan const &plan, std::unordered_map<int64_t, void *> &pack, void *workspace,
+execute(int device, void *stream, Plan &plan, std::unordered_map<int64_t, void *> &pack, void *workspace,
         int64_t workspace_size, std::string &err) {
     if (workspace_size < plan.workspace || (plan.workspace > 0 && workspace == nullptr)) {
         err = "workspace of " + std::to_string(workspace_size) + " bytes, the plan needs " +
-              std::to_string(plan.workspace);
+              std::to_string(plan.workspace.load());
         return QE_ERROR;
     }
     DeviceHandle *dev = nullptr;
@@ -490,6 +532,21 @@ execute(int device, void *stream, Plan const &plan, std::unordered_map<int64_t, 
     if (st != CUDNN_STATUS_SUCCESS) {
         err = std::string("cudnnSetStream: ") + fe::detail::get_error_string(st);
         return QE_ERROR;
+    }
+    if (plan.tune_pending) {
+        // Times every built plan on these very buffers (the output is overwritten below) and keeps the
+        // fastest; on failure the heuristics' choice stays selected.
+        auto tuned = plan.graph->autotune(dev->handle, pack, workspace);
+        plan.tune_pending = false;
+        int64_t ws        = 0;
+        if (tuned.is_good() && plan.graph->get_workspace_size(ws).is_good()) {
+            plan.workspace = ws;
+            std::string name;
+            if (plan.graph->get_plan_name(name).is_good()) {
+                std::lock_guard<std::mutex> guard(g_mu);  // `message` is read under g_mu
+                plan.message += ", autotuned over " + std::to_string(plan.plans_built) + " plans: " + name;
+            }
+        }
     }
     auto status = plan.graph->execute(dev->handle, pack, workspace);
     if (status.is_bad()) {
