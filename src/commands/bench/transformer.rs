@@ -62,7 +62,7 @@ pub(super) fn run(
         anyhow::bail!("--psnr needs a CUDA device (the CPU random generator cannot be seeded)");
     }
     // The published config; tests point this at a tiny one to run the whole command on the CPU.
-    let cfg = match std::env::var_os(CONFIG_ENV) {
+    let cfg = match std::env::var_os(CONFIG_ENV).map(std::path::PathBuf::from) {
         Some(path) => {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
@@ -213,7 +213,6 @@ impl Run<'_> {
                         r.overlap = (stats.copy_ms > 0.0).then(|| ((serial - ms) / stats.copy_ms).clamp(0.0, 1.0));
                     }
                 }
-                drop(forward);
                 r.finite = last.as_ref().map(is_finite).transpose()?.unwrap_or(false);
                 first = false;
                 results.push(r);

@@ -95,7 +95,8 @@ pub fn quantize(w: &Tensor, ty: GgmlDType) -> Result<Vec<u8>> {
     if cols % ty.block_size() != 0 {
         candle_core::bail!("rows of {cols} are not whole {ty:?} blocks of {}", ty.block_size());
     }
-    let w = w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?;
+    // Copied in the stored dtype (bf16: half the bytes), widened to f32 per thread.
+    let w = w.to_device(&Device::Cpu)?;
     let per_chunk = rows.div_ceil(threads()).max(1);
     let parts = std::thread::scope(|s| {
         let handles: Vec<_> = (0..rows)
@@ -103,7 +104,14 @@ pub fn quantize(w: &Tensor, ty: GgmlDType) -> Result<Vec<u8>> {
             .map(|r0| {
                 let w = &w;
                 s.spawn(move || -> Result<Vec<u8>> {
-                    let part = w.narrow(0, r0, per_chunk.min(rows - r0))?;
+                    // A tensor of its own: candle's quantizer reads the whole storage, not a view.
+                    let n = per_chunk.min(rows - r0);
+                    let part = w
+                        .narrow(0, r0, n)?
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                    let part = Tensor::from_vec(part, (n, cols), &Device::Cpu)?;
                     Ok(QTensor::quantize(&part, ty)?.data()?.into_owned())
                 })
             })
