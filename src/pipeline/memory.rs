@@ -236,18 +236,21 @@ mod tests {
         let c = choose(MemoryMode::Auto, bf16, Some(80 << 30));
         assert_eq!(c.plan, MemoryPlan::High, "{}", c.reason);
         // 48 GB card: the bf16 transformer alone (40.9 + 8) does not fit: streamed.
-        let c = choose(MemoryMode::Auto, bf16, Some(47 << 30));
+        let c = choose(MemoryMode::Auto, bf16, Some(47_000_000_000));
         assert_eq!(c.plan, MemoryPlan::Offload, "{}", c.reason);
         assert!(c.reason.contains("streamed from host memory"), "{}", c.reason);
         // 64 GB: one at a time.
-        let c = choose(MemoryMode::Auto, bf16, Some(63 << 30));
+        let c = choose(MemoryMode::Auto, bf16, Some(63_000_000_000));
         assert_eq!(c.plan, MemoryPlan::Low, "{}", c.reason);
         assert!(c.reason.contains("one component at a time"));
         // fp8: 8.3 + 20.5 GB fit a 48 GB card; on a 24 GB card the transformer is streamed.
         let fp8 = sizes(8_300_000_000, 20_500_000_000, 1_100_000_000);
-        let c = choose(MemoryMode::Auto, fp8, Some(47 << 30));
+        let c = choose(MemoryMode::Auto, fp8, Some(47_000_000_000));
         assert_eq!(c.plan, MemoryPlan::High, "{}", c.reason);
-        assert_eq!(choose(MemoryMode::Auto, fp8, Some(23 << 30)).plan, MemoryPlan::Offload);
+        assert_eq!(
+            choose(MemoryMode::Auto, fp8, Some(23_000_000_000)).plan,
+            MemoryPlan::Offload
+        );
         assert_eq!(choose(MemoryMode::Auto, bf16, None).plan, MemoryPlan::High);
         assert_eq!(choose(MemoryMode::Low, bf16, Some(1 << 40)).plan, MemoryPlan::Low);
         assert_eq!(choose(MemoryMode::High, bf16, Some(1 << 30)).plan, MemoryPlan::High);
@@ -270,7 +273,7 @@ mod tests {
         let t = |prefetch| estimate_transformer(&root, None, DType::F32, WeightFormat::Native, prefetch).unwrap();
         assert_eq!(t(0).resident, f32_bytes);
         let block = t(1).streamed - t(0).streamed;
-        assert!(block > 0 && t(0).streamed + block < f32_bytes, "{:?}", t(0));
+        assert!(block > 0 && t(0).streamed < f32_bytes, "{:?}", t(0));
         assert_eq!(t(0).streamed + block, t(1).resident);
         assert_eq!(t(5).streamed, t(1).streamed);
     }

@@ -162,6 +162,7 @@ impl Run<'_> {
 
     fn config(&mut self, c: BenchConfig, results: &mut Vec<BenchResult>) -> anyhow::Result<()> {
         let (args, device, dtype) = (self.args, self.device, self.dtype);
+        watch::trim(device);
         let free_before = watch::mem_info(device).map(|(free, _)| free);
         watch::start(device);
         let t0 = Instant::now();

@@ -82,6 +82,8 @@ impl Ring {
 /// A model's repeated blocks kept in host memory and streamed through device slots (see the module
 /// docs of [`crate::models::offload`]).
 pub struct StreamedBlocks<B> {
+    /// First, so that it is dropped (copies waited for) before the host memory they read.
+    ring: Mutex<Ring>,
     blocks: Vec<HostBlock>,
     layout: Vec<SlotTensor>,
     /// `[block][entry]` → index into `layout` (`None` for tensors served from the host).
@@ -89,7 +91,13 @@ pub struct StreamedBlocks<B> {
     build: BuildBlock<B>,
     dtype: DType,
     device: Device,
-    ring: Mutex<Ring>,
+}
+
+impl<B> Drop for StreamedBlocks<B> {
+    fn drop(&mut self) {
+        // No copy may still read the host buffers when they are freed.
+        lock(&self.ring).synchronize();
+    }
 }
 
 impl<B> std::fmt::Debug for StreamedBlocks<B> {
@@ -146,12 +154,6 @@ impl<B> StreamedBlocks<B> {
             index.push(idx);
         }
         Ok(Self {
-            blocks,
-            layout,
-            index,
-            build,
-            dtype,
-            device: device.clone(),
             ring: Mutex::new(Ring {
                 prefetch: opts.prefetch,
                 slots: Vec::new(),
@@ -160,6 +162,12 @@ impl<B> StreamedBlocks<B> {
                 bytes: 0,
                 cpu_copy_ms: 0.0,
             }),
+            blocks,
+            layout,
+            index,
+            build,
+            dtype,
+            device: device.clone(),
         })
     }
 

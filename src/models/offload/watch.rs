@@ -71,3 +71,26 @@ pub fn stop() -> Option<u64> {
     sample();
     lock().take().map(|w| w.min_free)
 }
+
+/// Waits for `device` and hands the memory its stream-ordered pool keeps after frees back to the driver,
+/// so that the free memory read next is what is really free (between `bench` configurations).
+pub fn trim(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        use candle_core::cuda::cudarc::driver::sys;
+        let stream = dev.cuda_stream();
+        let ctx = stream.context();
+        if stream.synchronize().is_err() || !ctx.has_async_alloc() || ctx.bind_to_thread().is_err() {
+            return;
+        }
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: plain driver queries on this context's device; `pool` is written by the first call and
+        // used only when it succeeded. Trimming frees only memory no allocation holds.
+        unsafe {
+            if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::cudaError_enum::CUDA_SUCCESS {
+                let _ = sys::cuMemPoolTrimTo(pool, 0);
+            }
+        }
+    }
+    let _ = device;
+}
