@@ -243,11 +243,12 @@ fn mid_size_streamed_transformer_is_bit_identical_on_cuda() {
             QwenImageTransformer2DModel::new(&cfg, VarBuilder::from_backend(backend(name), dtype, dev.clone()))
                 .unwrap();
         dev.set_seed(11).unwrap();
+        watch::trim(&dev);
         let free = watch::mem_info(&dev).unwrap().0;
         let streamed =
             QwenImageTransformer2DModel::new_streamed(&cfg, backend(name), dtype, &dev, OffloadOptions::default())
                 .unwrap();
-        dev.synchronize().unwrap();
+        watch::trim(&dev);
         let held = free.saturating_sub(watch::mem_info(&dev).unwrap().0);
         assert_equal(&format!("mid {name}"), &inputs, &resident, &streamed, 4);
         let s = streamed.offload_stats().unwrap().unwrap();
