@@ -17,6 +17,11 @@
 //!    waits on before it overwrites the slot with block `b + prefetch + 1`. With `prefetch` 0 there is
 //!    one slot and copies and compute alternate (no overlap: the baseline the overlap is measured against).
 //!
+//! Dense and fp8 weights are used in place (the layers hold views of the slot). A GGML weight is copied
+//! from its slot into a `QTensor` of its own when the block is built (device to device, see
+//! [`crate::models::quant::ggml::qtensor_from_device`]): candle's quantized tensors cannot view memory
+//! they do not own, so those blocks cost one allocation and one on-device copy per use.
+//!
 //! On the CPU the same ring runs with synchronous copies, so the tests check the capture, the packing,
 //! the slot layout and the schedule against the resident model, bit for bit.
 //!
