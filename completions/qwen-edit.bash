@@ -89,7 +89,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__batch)
-            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --output-dir --overwrite --mkdir --vae-tiling --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --memory --offload-prefetch --weights --transformer-file --output-dir --overwrite --mkdir --vae-tiling --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -127,6 +127,22 @@ _qwen__edit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --memory)
+                    COMPREPLY=($(compgen -W "auto high low offload" -- "${cur}"))
+                    return 0
+                    ;;
+                --offload-prefetch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --weights)
+                    COMPREPLY=($(compgen -W "stored fp8" -- "${cur}"))
+                    return 0
+                    ;;
+                --transformer-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --output-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -143,14 +159,14 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__bench)
-            opts="-v -q -h -V --component --size --refs --txt-len --warmup --iters --device --dtype --load --json --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --component --size --refs --txt-len --warmup --iters --device --dtype --load --json --weights --offload --offload-prefetch --configs --max-gpu-memory --psnr --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --component)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "transformer vae text-encoder all" -- "${cur}"))
                     return 0
                     ;;
                 --size)
@@ -182,6 +198,22 @@ _qwen__edit() {
                     return 0
                     ;;
                 --load)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --weights)
+                    COMPREPLY=($(compgen -W "stored fp8 q8_0 q4_k" -- "${cur}"))
+                    return 0
+                    ;;
+                --offload-prefetch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --configs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-gpu-memory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -237,7 +269,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__edit)
-            opts="-p -n -o -v -q -h -V --prompt --prompt-file --negative-prompt --steps --true-cfg-scale --seed --width --height --ref-size --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --output --format --bit-depth --overwrite --mkdir --vae-tiling --json --verbose --quiet --color --help --version"
+            opts="-p -n -o -v -q -h -V --prompt --prompt-file --negative-prompt --steps --true-cfg-scale --seed --width --height --ref-size --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --memory --offload-prefetch --weights --transformer-file --output --format --bit-depth --overwrite --mkdir --vae-tiling --json --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -316,6 +348,22 @@ _qwen__edit() {
                     return 0
                     ;;
                 --lightning-lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --memory)
+                    COMPREPLY=($(compgen -W "auto high low offload" -- "${cur}"))
+                    return 0
+                    ;;
+                --offload-prefetch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --weights)
+                    COMPREPLY=($(compgen -W "stored fp8" -- "${cur}"))
+                    return 0
+                    ;;
+                --transformer-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -515,7 +563,7 @@ _qwen__edit() {
             return 0
             ;;
         qwen__subcmd__edit__subcmd__serve)
-            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --test-input --http --api-key --allow-path --max-image-mb --max-request-mb --fetch-timeout --no-warmup --vae-tiling --progress-interval --poll-timeout --post-timeout --post-tries --backoff-ms --queue-size --verbose --quiet --color --help --version"
+            opts="-v -q -h -V --model --revision --offline --cache-dir --device --dtype --lora --no-lora-strict --lightning --lightning-lora --memory --offload-prefetch --weights --transformer-file --test-input --http --api-key --allow-path --max-image-mb --max-request-mb --fetch-timeout --no-warmup --vae-tiling --progress-interval --poll-timeout --post-timeout --post-tries --backoff-ms --queue-size --verbose --quiet --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -550,6 +598,22 @@ _qwen__edit() {
                     return 0
                     ;;
                 --lightning-lora)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --memory)
+                    COMPREPLY=($(compgen -W "auto high low offload" -- "${cur}"))
+                    return 0
+                    ;;
+                --offload-prefetch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --weights)
+                    COMPREPLY=($(compgen -W "stored fp8" -- "${cur}"))
+                    return 0
+                    ;;
+                --transformer-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

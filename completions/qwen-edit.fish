@@ -58,6 +58,14 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l lora -d 'Me
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l lightning -d 'Few-step Lightning preset: merges the lightx2v Qwen-Image-Lightning LoRA for the loaded model (Edit, 2509 or 2511) and STEPS steps, uses its scheduler (static shift 3, no terminal stretch) and turns CFG off; --steps / --true-cfg-scale still override' -r -f -a "4\t''
 8\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l lightning-lora -d 'The Lightning LoRA to use instead of lightx2v\'s file for the model (a path or `ORG/NAME[:FILE]`, e.g. an fp32 variant or a local copy)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l memory -d 'Which components stay on the GPU: `high` keeps all (fastest for many jobs), `low` holds one large component at a time (text encoder, then transformer; each job reloads them), `offload` keeps the transformer\'s blocks in host memory and streams them to the GPU as it runs (24 GB cards; needs host RAM for the transformer), `auto` picks `high` when everything fits in the free GPU memory, else `low` when the transformer fits alone, else `offload`' -r -f -a "auto\t''
+high\t''
+low\t''
+offload\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l offload-prefetch -d 'With `--memory offload`: transformer blocks copied to the GPU ahead of the one computing, on a second CUDA stream (0: copy, then compute, no overlap). Each costs one block of GPU memory (0.68 GB in bf16, 0.34 GB in fp8)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l weights -d 'Weight format on the GPU: `stored` as in the files, `fp8` quantizes the transformer\'s and the language model\'s Linear weights to float8 e4m3 (per-row scales) at load, halving their memory' -r -f -a "stored\t''
+fp8\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l transformer-file -d 'Transformer weights from one file instead of the model folder: a `.safetensors` (bf16, or ComfyUI "scaled fp8": e4m3 weights with `scale_weight`/`weight_scale`) or a `.gguf` (Q8_0, Q6_K, Q5_K, Q4_K, …). The config still comes from the model folder' -r -F
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -s o -l output -d 'Output file, or `-` for the encoded image on stdout. Default: `<first input>-edited.png`' -r -F
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand edit" -l format -d 'Output format (default: from the output file\'s extension, else png)' -r -f -a "png\t''
 jpeg\t''
@@ -115,6 +123,14 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l lora -d 'M
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l lightning -d 'Few-step Lightning preset: merges the lightx2v Qwen-Image-Lightning LoRA for the loaded model (Edit, 2509 or 2511) and STEPS steps, uses its scheduler (static shift 3, no terminal stretch) and turns CFG off; --steps / --true-cfg-scale still override' -r -f -a "4\t''
 8\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l lightning-lora -d 'The Lightning LoRA to use instead of lightx2v\'s file for the model (a path or `ORG/NAME[:FILE]`, e.g. an fp32 variant or a local copy)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l memory -d 'Which components stay on the GPU: `high` keeps all (fastest for many jobs), `low` holds one large component at a time (text encoder, then transformer; each job reloads them), `offload` keeps the transformer\'s blocks in host memory and streams them to the GPU as it runs (24 GB cards; needs host RAM for the transformer), `auto` picks `high` when everything fits in the free GPU memory, else `low` when the transformer fits alone, else `offload`' -r -f -a "auto\t''
+high\t''
+low\t''
+offload\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l offload-prefetch -d 'With `--memory offload`: transformer blocks copied to the GPU ahead of the one computing, on a second CUDA stream (0: copy, then compute, no overlap). Each costs one block of GPU memory (0.68 GB in bf16, 0.34 GB in fp8)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l weights -d 'Weight format on the GPU: `stored` as in the files, `fp8` quantizes the transformer\'s and the language model\'s Linear weights to float8 e4m3 (per-row scales) at load, halving their memory' -r -f -a "stored\t''
+fp8\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l transformer-file -d 'Transformer weights from one file instead of the model folder: a `.safetensors` (bf16, or ComfyUI "scaled fp8": e4m3 weights with `scale_weight`/`weight_scale`) or a `.gguf` (Q8_0, Q6_K, Q5_K, Q4_K, …). The config still comes from the model folder' -r -F
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l output-dir -d 'Folder for jobs without an `output` path (named `<line index>.png`)' -r -F
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand batch" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
 always\t''
@@ -138,6 +154,14 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l lora -d 'M
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l lightning -d 'Few-step Lightning preset: merges the lightx2v Qwen-Image-Lightning LoRA for the loaded model (Edit, 2509 or 2511) and STEPS steps, uses its scheduler (static shift 3, no terminal stretch) and turns CFG off; --steps / --true-cfg-scale still override' -r -f -a "4\t''
 8\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l lightning-lora -d 'The Lightning LoRA to use instead of lightx2v\'s file for the model (a path or `ORG/NAME[:FILE]`, e.g. an fp32 variant or a local copy)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l memory -d 'Which components stay on the GPU: `high` keeps all (fastest for many jobs), `low` holds one large component at a time (text encoder, then transformer; each job reloads them), `offload` keeps the transformer\'s blocks in host memory and streams them to the GPU as it runs (24 GB cards; needs host RAM for the transformer), `auto` picks `high` when everything fits in the free GPU memory, else `low` when the transformer fits alone, else `offload`' -r -f -a "auto\t''
+high\t''
+low\t''
+offload\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l offload-prefetch -d 'With `--memory offload`: transformer blocks copied to the GPU ahead of the one computing, on a second CUDA stream (0: copy, then compute, no overlap). Each costs one block of GPU memory (0.68 GB in bf16, 0.34 GB in fp8)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l weights -d 'Weight format on the GPU: `stored` as in the files, `fp8` quantizes the transformer\'s and the language model\'s Linear weights to float8 e4m3 (per-row scales) at load, halving their memory' -r -f -a "stored\t''
+fp8\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l transformer-file -d 'Transformer weights from one file instead of the model folder: a `.safetensors` (bf16, or ComfyUI "scaled fp8": e4m3 weights with `scale_weight`/`weight_scale`) or a `.gguf` (Q8_0, Q6_K, Q5_K, Q4_K, …). The config still comes from the model folder' -r -F
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l test-input -d 'Run one job and print its result as JSON on stdout: a file, or the JSON text itself, in RunPod\'s request shape `{"input": {...}}`' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l http -d 'Serve a local HTTP API on ADDR (e.g. 127.0.0.1:8000): POST /runsync, POST /run, GET /status/ID, GET /health, also under /v2/ENDPOINT/' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -l api-key -d 'Require this key in the `Authorization` header (raw or `Bearer KEY`) of --http requests' -r
@@ -162,7 +186,10 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -s v -l verbo
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand serve" -s V -l version -d 'Print version'
-complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l component -d 'Components to time: transformer, vae, text_encoder (default: all three)' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l component -d 'Components to time (repeatable; default: all three, or none when `--load` is given)' -r -f -a "transformer\t''
+vae\t''
+text-encoder\t''
+all\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l size -d 'Square image sizes in pixels' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l refs -d 'Reference image counts for the transformer' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l txt-len -d 'Text tokens for the transformer' -r
@@ -172,10 +199,19 @@ complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l device -d 
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l dtype -d 'Compute dtype (default: bf16 on CUDA, f32 on CPU)' -r -f -a "bf16\t''
 f32\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l load -d 'Also time loading a transformer folder (config.json + safetensors) onto the device' -r -F
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l weights -d 'Weight format of the transformer\'s blocks (and, for fp8, the language model\'s layers): `stored` (the dtype; also `bf16`), `fp8` (e4m3, per-row scales, quantized as the random weights are made), `q8_0` or `q4_k` (GGML blocks, random but valid; with `--psnr` quantized on the host from the seeded random weights instead)' -r -f -a "stored\t'The compute dtype'
+fp8\t''
+q8_0\t''
+q4_k\t''"
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l offload-prefetch -d 'Blocks copied ahead with offload' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l configs -d 'Transformer configurations timed one after the other in this run, comma-separated `WEIGHTS[+offload]` (WEIGHTS: bf16, fp8, q8_0, q4_k), e.g. `bf16,fp8,q8_0,q4_k,bf16+offload,q4_k+offload`. Each is built, timed (peak GPU memory, seconds per forward) and dropped before the next; replaces `--weights`/`--offload` for the transformer' -r
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l max-gpu-memory -d 'Run under a self-imposed GPU memory cap (`24G`, `48GB`, `20GiB`): a ballast buffer takes the rest of the free memory first, so anything over the cap fails with out of memory' -r
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l color -d 'When to use colours on stderr. `auto` honours NO_COLOR and whether stderr is a terminal' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l json -d 'Print JSON on stdout'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l offload -d 'Stream the transformer\'s blocks from host memory (as `--memory offload`); also reports the host-to-device GB/s and the overlap against `--offload-prefetch 0`'
+complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -l psnr -d 'With the transformer: also run 4 Euler steps from the same noise with `--weights` and with the stored dtype (same random weights, seeded) and report the PSNR of the final latents'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -s v -l verbose -d 'More log output on stderr (-v: debug, -vv: trace). Hides progress bars'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -s q -l quiet -d 'Only errors on stderr: no progress bars, no summary lines'
 complete -c qwen-edit -n "__fish_qwen_edit_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'

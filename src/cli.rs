@@ -151,13 +151,27 @@ pub struct ModelArgs {
 }
 
 /// GPU memory: weight formats and which components stay resident.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct MemoryArgs {
     /// Which components stay on the GPU: `high` keeps all (fastest for many jobs), `low` holds one
-    /// large component at a time (text encoder, then transformer; each job reloads them), `auto`
-    /// picks `high` when everything fits in the free GPU memory.
+    /// large component at a time (text encoder, then transformer; each job reloads them), `offload`
+    /// keeps the transformer's blocks in host memory and streams them to the GPU as it runs (24 GB
+    /// cards; needs host RAM for the transformer), `auto` picks `high` when everything fits in the
+    /// free GPU memory, else `low` when the transformer fits alone, else `offload`.
     #[arg(long, env = "QWEN_EDIT_MEMORY", value_enum, default_value_t = MemoryArg::Auto, help_heading = "Memory")]
     pub memory: MemoryArg,
+
+    /// With `--memory offload`: transformer blocks copied to the GPU ahead of the one computing, on a
+    /// second CUDA stream (0: copy, then compute, no overlap). Each costs one block of GPU memory
+    /// (0.68 GB in bf16, 0.34 GB in fp8).
+    #[arg(
+        long,
+        env = "QWEN_EDIT_OFFLOAD_PREFETCH",
+        default_value_t = 2,
+        value_name = "N",
+        help_heading = "Memory"
+    )]
+    pub offload_prefetch: usize,
 
     /// Weight format on the GPU: `stored` as in the files, `fp8` quantizes the transformer's and the
     /// language model's Linear weights to float8 e4m3 (per-row scales) at load, halving their memory.
@@ -177,6 +191,7 @@ pub enum MemoryArg {
     Auto,
     High,
     Low,
+    Offload,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -495,6 +510,67 @@ pub struct ServeArgs {
     pub queue_size: u32,
 }
 
+/// The transformer weight formats `bench` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum BenchWeights {
+    /// The compute dtype.
+    #[default]
+    #[value(alias = "bf16")]
+    Stored,
+    Fp8,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+impl BenchWeights {
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchWeights::Stored => "bf16",
+            BenchWeights::Fp8 => "fp8",
+            BenchWeights::Q8_0 => "q8_0",
+            BenchWeights::Q4K => "q4_k",
+        }
+    }
+}
+
+/// One transformer configuration of `bench --configs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchConfig {
+    pub weights: BenchWeights,
+    pub offload: bool,
+}
+
+impl std::fmt::Display for BenchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}{}",
+            self.weights.name(),
+            if self.offload { "+offload" } else { "" }
+        )
+    }
+}
+
+/// `bf16`, `fp8+offload`, `q4_k`, … (see [`BenchArgs::configs`]).
+pub fn parse_bench_config(s: &str) -> Result<BenchConfig, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (w, offload) = match t.split_once('+') {
+        Some((w, "offload")) => (w, true),
+        Some((_, other)) => return Err(format!("`{s}`: unknown option `+{other}` (only `+offload`)")),
+        None => (t.as_str(), false),
+    };
+    let weights = match w {
+        "bf16" | "stored" => BenchWeights::Stored,
+        "fp8" => BenchWeights::Fp8,
+        "q8_0" | "q8" => BenchWeights::Q8_0,
+        "q4_k" | "q4k" => BenchWeights::Q4K,
+        _ => return Err(format!("`{s}`: unknown weights `{w}` (bf16, fp8, q8_0 or q4_k)")),
+    };
+    Ok(BenchConfig { weights, offload })
+}
+
 /// `24G`, `48GB`, `20GiB`, `512M`, or bytes: decimal units for G/GB/M/MB, binary for GiB/MiB.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -566,10 +642,28 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Weight format of the transformer's blocks and the language model: `stored` (the dtype) or
-    /// `fp8` (e4m3, per-row scales, quantized as the random weights are made).
-    #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
-    pub weights: WeightsArg,
+    /// Weight format of the transformer's blocks (and, for fp8, the language model's layers): `stored`
+    /// (the dtype; also `bf16`), `fp8` (e4m3, per-row scales, quantized as the random weights are
+    /// made), `q8_0` or `q4_k` (GGML blocks, random but valid; with `--psnr` quantized on the host from
+    /// the seeded random weights instead).
+    #[arg(long, value_enum, default_value_t = BenchWeights::Stored)]
+    pub weights: BenchWeights,
+
+    /// Stream the transformer's blocks from host memory (as `--memory offload`); also reports the
+    /// host-to-device GB/s and the overlap against `--offload-prefetch 0`.
+    #[arg(long)]
+    pub offload: bool,
+
+    /// Blocks copied ahead with offload.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub offload_prefetch: usize,
+
+    /// Transformer configurations timed one after the other in this run, comma-separated
+    /// `WEIGHTS[+offload]` (WEIGHTS: bf16, fp8, q8_0, q4_k), e.g.
+    /// `bf16,fp8,q8_0,q4_k,bf16+offload,q4_k+offload`. Each is built, timed (peak GPU memory, seconds
+    /// per forward) and dropped before the next; replaces `--weights`/`--offload` for the transformer.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_bench_config)]
+    pub configs: Vec<BenchConfig>,
 
     /// Run under a self-imposed GPU memory cap (`24G`, `48GB`, `20GiB`): a ballast buffer takes the
     /// rest of the free memory first, so anything over the cap fails with out of memory.

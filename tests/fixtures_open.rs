@@ -1092,6 +1092,7 @@ fn fixture_size_budget() {
         "randn.safetensors",
         "lora_",
         "lightning.json",
+        "bf16_drift.json",
     ];
     for e in fs::read_dir(root().join("golden")).unwrap() {
         let n = e.unwrap().file_name().to_string_lossy().to_string();
@@ -1099,5 +1100,30 @@ fn fixture_size_budget() {
             known.iter().any(|k| n.starts_with(k)),
             "golden/{n} is not checked by fixtures_open.rs"
         );
+    }
+}
+
+/// golden/bf16_drift.json (gen_bf16_drift.py): diffusers' own bf16 drift from its f32 goldens, which bounds
+/// the GPU bf16 tests. Every entry a relative error in (0, 1), the worst step the maximum of the steps.
+#[test]
+fn bf16_drift_is_complete() {
+    let v = read_json(&golden("bf16_drift.json"));
+    let rel = |x: &Value| {
+        let f = x.as_f64().expect("a number");
+        assert!(f > 0.0 && f < 1.0, "drift {f} out of (0, 1)");
+        f
+    };
+    for p in ["pipeline_edit", "pipeline_plus"] {
+        let steps: Vec<f64> = v[p]["latents_per_step"].as_array().unwrap().iter().map(rel).collect();
+        assert!(!steps.is_empty());
+        let worst = rel(&v[p]["latents_worst"]);
+        assert_eq!(worst, steps.iter().cloned().fold(0.0, f64::max), "{p}: latents_worst");
+        for k in ["image_latents", "prompt_embeds", "negative_prompt_embeds"] {
+            rel(&v[p][k]);
+        }
+    }
+    for vae in ["vae_b_96x80", "vae_b_tiled_320x384"] {
+        rel(&v[vae]["decode"]);
+        rel(&v[vae]["encode"]);
     }
 }

@@ -12,3 +12,5 @@ mod gpu_cudnn;
 mod gpu_fused;
 #[path = "gpu_vae.rs"]
 mod gpu_vae;
+#[path = "offload_gpu.rs"]
+mod offload_gpu;

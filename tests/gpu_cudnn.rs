@@ -413,23 +413,36 @@ fn conv_layer_uses_cudnn_and_falls_back_when_off() {
 
 #[test]
 fn random_vae_with_cudnn_matches_fallback() {
+    // bf16 through cuDNN and through candle's conv each drift from the f32 result by a few 1e-2 on a
+    // random VAE (rounding compounds over ~30 convolutions), so they are compared with the f32 run of the
+    // same weights (the device RNG reseeded: f32 draws, bf16 is their rounding), not with each other.
     let (_g, dev) = setup();
     let cfg: VaeConfig = serde_json::from_str(presets::VAE).unwrap();
-    let vae = AutoencoderKLQwenImage::new(&cfg, RandomWeights::var_builder(DType::BF16, &dev)).unwrap();
-    let img = Tensor::rand(-1f32, 1.0, (1, 3, 256, 192), &dev)
-        .unwrap()
-        .to_dtype(DType::BF16)
-        .unwrap();
-    let z = vae.encode(&img).unwrap();
-    let x = vae.decode(&z).unwrap();
+    let build = |dtype| {
+        dev.set_seed(20_261_206).unwrap();
+        AutoencoderKLQwenImage::new(&cfg, RandomWeights::var_builder(dtype, &dev)).unwrap()
+    };
+    let (vae16, vae32) = (build(DType::BF16), build(DType::F32));
+    let img = Tensor::rand(-1f32, 1.0, (1, 3, 256, 192), &dev).unwrap();
+    let img16 = img.to_dtype(DType::BF16).unwrap();
+    let z = vae16.encode(&img16).unwrap();
+    let x = vae16.decode(&z).unwrap();
+    let z32 = vae32.encode(&img).unwrap();
+    let x32 = vae32.decode(&z32).unwrap();
     cudnn::set_enabled(Some(false));
-    let z_ref = vae.encode(&img).unwrap();
-    let x_ref = vae.decode(&z_ref).unwrap();
+    let z_ref = vae16.encode(&img16).unwrap();
+    let x_ref = vae16.decode(&z_ref).unwrap();
     cudnn::set_enabled(Some(true));
-    let (ez, ex) = (rel_err(&z, &z_ref), rel_err(&x, &x_ref));
-    println!("random VAE 256×192 bf16, cuDNN vs candle: latents {ez:.2e}, decoded {ex:.2e}");
+    let (ez, ex) = (rel_err(&z, &z32), rel_err(&x, &x32));
+    let (pz, px) = (rel_err(&z_ref, &z32), rel_err(&x_ref, &x32));
+    println!(
+        "random VAE 256×192 bf16 vs f32: cuDNN latents {ez:.2e} decoded {ex:.2e}; candle latents {pz:.2e} decoded {px:.2e}; \
+         cuDNN vs candle {:.2e}",
+        rel_err(&x, &x_ref)
+    );
     assert_eq!(x.dims(), &[1, 3, 256, 192]);
-    assert!(ez < 3e-2 && ex < 3e-2, "latents {ez}, decoded {ex}");
+    assert!(ez <= (1.5 * pz).max(2e-2), "latents: cuDNN {ez}, candle {pz}");
+    assert!(ex <= (1.5 * px).max(2e-2), "decoded: cuDNN {ex}, candle {px}");
 }
 
 /// Median wall time (ms) of `f` over 20 runs after 5 warm-ups, synchronising around each run.

@@ -337,3 +337,142 @@ fn low_memory_pipeline_matches_and_fp8_pipeline_is_close() {
     eprintln!("tiny Plus pipeline, fp8 weights vs f32 goldens: PSNR {psnr:.1} dB");
     assert!(psnr > 30.0, "PSNR {psnr}");
 }
+
+/// Random GGML blocks (`bench --weights q8_0|q4_k` without `--psnr`) are valid blocks: they dequantize to
+/// finite weights with about the asked std and mean 0, the same bytes for a seed and others for
+/// another seed, and a Linear built from them computes the GEMM with their dequantized weight.
+#[test]
+fn random_ggml_blocks_are_valid() {
+    use qwen_edit::models::quant::ggml::random_blocks;
+    let (out, inp) = (64usize, 1024usize);
+    for ty in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+        let bytes = random_blocks(ty, out * inp, 0.02, 11).unwrap();
+        assert_eq!(bytes.len(), out * inp / ty.block_size() * ty.type_size());
+        assert_eq!(
+            bytes,
+            random_blocks(ty, out * inp, 0.02, 11).unwrap(),
+            "{ty:?}: not deterministic"
+        );
+        assert_ne!(
+            bytes,
+            random_blocks(ty, out * inp, 0.02, 12).unwrap(),
+            "{ty:?}: seed ignored"
+        );
+        let q = QTensor::new(
+            candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(&bytes), &Device::Cpu, ty).unwrap(),
+            (out, inp),
+        )
+        .unwrap();
+        let w = q.dequantize(&Device::Cpu).unwrap();
+        let v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{ty:?}: non-finite weights");
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        eprintln!("{ty:?}: mean {mean:.2e}, std {std:.4}");
+        assert!(mean.abs() < 1e-3, "{ty:?}: mean {mean}");
+        assert!((std - 0.02).abs() < 0.003, "{ty:?}: std {std}");
+        // Every code occurs: Q8_0's 256 (one d for all blocks), Q4_K's nibbles × 6-bit scales and mins.
+        let distinct = {
+            let mut s: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+            s.sort_unstable();
+            s.dedup();
+            s.len()
+        };
+        let want = if ty == GgmlDType::Q8_0 { 256 } else { 10_000 };
+        assert!(distinct >= want, "{ty:?}: only {distinct} distinct weights");
+    }
+    assert!(random_blocks(GgmlDType::Q6K, 256, 0.02, 1).is_err());
+    assert!(random_blocks(GgmlDType::Q8_0, 33, 0.02, 1).is_err());
+}
+
+/// The parallel host quantizer (`bench --psnr` with q8_0 / q4_k) gives exactly candle's blocks, from
+/// f32 and from bf16 weights.
+#[test]
+fn parallel_quantizer_matches_candle() {
+    use qwen_edit::models::quant::ggml::quantize;
+    let w = Tensor::randn(0f32, 0.02, (37, 512), &Device::Cpu).unwrap();
+    for ty in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+        let want = QTensor::quantize(&w, ty).unwrap().data().unwrap().into_owned();
+        assert_eq!(quantize(&w, ty).unwrap(), want, "{ty:?}");
+        let wb = w.to_dtype(DType::BF16).unwrap();
+        let want = QTensor::quantize(&wb.to_dtype(DType::F32).unwrap(), ty).unwrap();
+        assert_eq!(
+            quantize(&wb, ty).unwrap(),
+            want.data().unwrap().into_owned(),
+            "{ty:?} bf16"
+        );
+    }
+    assert!(quantize(
+        &Tensor::zeros((2, 48), DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::Q8_0
+    )
+    .is_err());
+}
+
+/// [`GgmlLinears`] quantizing another backend's weights: the selected Linear layers become GGML blocks of
+/// exactly those weights (the GEMM stays within the format's precision of the dense one), the others
+/// and the biases pass through.
+#[test]
+fn ggml_linears_quantize_the_inner_weights() {
+    use qwen_edit::models::quant::ggml::{GgmlLinears, GgmlSource};
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 0.05, (96, 512), &dev).unwrap();
+    let b = Tensor::randn(0f32, 0.1, 96, &dev).unwrap();
+    let small = Tensor::randn(0f32, 0.05, (8, 48), &dev).unwrap();
+    let mut map = HashMap::new();
+    map.insert("blk.proj.weight".to_string(), w.clone());
+    map.insert("blk.proj.bias".to_string(), b.clone());
+    map.insert("blk.small.weight".to_string(), small.clone());
+    let linears: HashMap<String, (usize, usize)> =
+        [("blk.proj".to_string(), (96, 512)), ("blk.small".to_string(), (8, 48))].into();
+    let inner = VarBuilder::from_tensors(map, DType::F32, &dev);
+    let x = Tensor::randn(0f32, 1.0, (3, 512), &dev).unwrap();
+    let want = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+    for (ty, bound) in [(GgmlDType::Q8_0, 0.01), (GgmlDType::Q4K, 0.12)] {
+        struct Tensors(VarBuilder<'static>);
+        impl candle_nn::var_builder::SimpleBackend for Tensors {
+            fn get(
+                &self,
+                s: candle_core::Shape,
+                n: &str,
+                _: candle_nn::Init,
+                d: DType,
+                _: &Device,
+            ) -> candle_core::Result<Tensor> {
+                self.0.get(s, n)?.to_dtype(d)
+            }
+            fn get_unchecked(&self, n: &str, d: DType, _: &Device) -> candle_core::Result<Tensor> {
+                self.0.get_unchecked_dtype(n, d)
+            }
+            fn contains_tensor(&self, n: &str) -> bool {
+                self.0.contains_tensor(n)
+            }
+        }
+        let backend = GgmlLinears::new(
+            Box::new(Tensors(inner.clone())),
+            ty,
+            &linears,
+            |m| m.starts_with("blk."),
+            GgmlSource::Quantize,
+            DType::F32,
+        )
+        .unwrap();
+        // 48 inputs are not whole blocks: `blk.small` stays dense.
+        assert_eq!(backend.len(), 1);
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, dev.clone());
+        let lin = linear(512, 96, vb.pp("blk").pp("proj")).unwrap();
+        let LinearWeight::Ggml(q) = lin.weight() else {
+            panic!("{ty:?}: not served as GGML blocks");
+        };
+        assert_eq!(q.dtype(), ty);
+        assert_eq!(
+            q.data().unwrap().into_owned(),
+            QTensor::quantize(&w, ty).unwrap().data().unwrap().into_owned()
+        );
+        let e = rel_err(&lin.forward(&x).unwrap(), &want);
+        assert!(e < bound && e > 1e-5, "{ty:?}: rel err {e}");
+        let small_lin = qwen_edit::models::nn::linear::linear_no_bias(48, 8, vb.pp("blk").pp("small")).unwrap();
+        assert!(matches!(small_lin.weight(), LinearWeight::Dense(_)));
+    }
+}

@@ -2,18 +2,21 @@
 //!
 //! Builds each component at its published size ([`crate::models::presets`]) with random weights
 //! ([`crate::models::random`]) in the target dtype on the device, then times the transformer
-//! forward at given sizes and reference counts, VAE encode/decode and prompt encoding. The shapes and
-//! names match `bench/diffusers_bench.py`, which measures diffusers on the same card.
+//! forward at given sizes and reference counts (in each weight format / offload configuration asked
+//! for, see [`transformer`]), VAE encode/decode and prompt encoding. The shapes and names match
+//! `bench/diffusers_bench.py`, which measures diffusers on the same card.
+
+mod transformer;
 
 use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 
-use crate::cli::{BenchArgs, BenchComponent, WeightsArg};
+use crate::cli::{BenchArgs, BenchComponent, BenchWeights};
 use crate::device::DeviceSpec;
 use crate::models::presets;
-use crate::models::quant::{text_encoder_fp8_select, transformer_fp8_select, WeightFormat};
+use crate::models::quant::{text_encoder_fp8_select, WeightFormat};
 use crate::models::random::RandomWeights;
 use crate::models::text_encoder::text::{rope_index, MultimodalIds, TextModel};
 use crate::models::text_encoder::vision::VisionModel;
@@ -23,9 +26,10 @@ use crate::models::vae::{AutoencoderKLQwenImage, VaeConfig};
 use crate::models::weights;
 use crate::printer::Printer;
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize)]
 struct BenchResult {
     name: String,
+    /// Median wall time of one run (for the transformer: one forward = one denoising step).
     ms: f64,
     tokens: Option<usize>,
     build_s: f64,
@@ -34,10 +38,46 @@ struct BenchResult {
     gb_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     psnr_db: Option<f64>,
+    /// `--configs` entry (`bf16`, `q4_k+offload`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<String>,
+    /// Most GPU memory the configuration held (driver's free memory before the build minus its minimum,
+    /// sampled after every block), GB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_gpu_gb: Option<f64>,
+    /// Streamed: blocks copied ahead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefetch: Option<usize>,
+    /// Streamed: host-to-device GB/s of the block copies (copy stream busy time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    h2d_gb_per_s: Option<f64>,
+    /// Streamed: copy stream busy time per forward.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copy_ms: Option<f64>,
+    /// Streamed: the forward with prefetch 0 (copies and compute alternate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ms_prefetch0: Option<f64>,
+    /// Streamed: share of the copy time hidden behind compute, `(ms_prefetch0 − ms) / copy_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    overlap: Option<f64>,
+    /// Streamed: GB of blocks in host memory, and whether it is page-locked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_gb: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinned: Option<bool>,
+    /// Why the configuration failed (e.g. out of memory under `--max-gpu-memory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
-/// Seed of the device RNG for the `--psnr` pair of models (same random weights in both).
-const PSNR_SEED: u64 = 20_261_203;
+impl BenchResult {
+    fn named(name: String) -> Self {
+        Self {
+            name,
+            ..Default::default()
+        }
+    }
+}
 
 /// GPU memory held so that only `cap` bytes remain usable (`--max-gpu-memory`).
 struct Ballast {
@@ -116,9 +156,10 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
     let all = args.components.contains(&BenchComponent::All) || (args.components.is_empty() && args.load.is_none());
     let want = |c: BenchComponent| all || args.components.contains(&c);
     let mut results = Vec::new();
+    // The text encoder has no GGML form: q8_0 / q4_k time it in the dtype.
     let format = match args.weights {
-        WeightsArg::Stored => WeightFormat::Native,
-        WeightsArg::Fp8 => WeightFormat::Fp8,
+        BenchWeights::Fp8 => WeightFormat::Fp8,
+        BenchWeights::Stored | BenchWeights::Q8_0 | BenchWeights::Q4K => WeightFormat::Native,
     };
     let _ballast = match args.max_gpu_memory {
         Some(cap) => Some(Ballast::take(&device, cap, &printer)?),
@@ -134,13 +175,10 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
         let secs = t0.elapsed().as_secs_f64();
         drop(model);
         results.push(BenchResult {
-            name: "transformer_load".into(),
             ms: secs * 1e3,
-            tokens: None,
-            build_s: 0.0,
             finite: true,
             gb_per_s: Some(bytes as f64 / 1e9 / secs.max(1e-9)),
-            psnr_db: None,
+            ..BenchResult::named("transformer_load".into())
         });
         printer.status(format!(
             "loaded in {secs:.1} s ({:.2} GB/s)",
@@ -149,72 +187,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
     }
 
     if want(BenchComponent::Transformer) {
-        let cfg: TransformerConfig = serde_json::from_str(presets::TRANSFORMER_2511)?;
-        printer.status(format!(
-            "building the full-size transformer ({} layers) with random weights",
-            cfg.num_layers
-        ));
-        let t0 = Instant::now();
-        if args.psnr {
-            device.set_seed(PSNR_SEED)?;
-        }
-        let model = QwenImageTransformer2DModel::new(
-            &cfg,
-            RandomWeights::var_builder_with(dtype, &device, format, transformer_fp8_select),
-        )
-        .map_err(anyhow::Error::from)
-        .map_err(|e| crate::device::classify_error(e, &device))
-        .context("building the transformer")?;
-        sync(&device)?;
-        let build_s = t0.elapsed().as_secs_f64();
-        for &size in &args.sizes {
-            for &refs in &args.refs {
-                let g = size / 16;
-                let shapes: Vec<(usize, usize, usize)> = (0..=refs).map(|_| (1, g, g)).collect();
-                let s_img: usize = shapes.iter().map(|(f, h, w)| f * h * w).sum();
-                let x = Tensor::randn(0f32, 1.0, (1, s_img, cfg.in_channels), &device)?.to_dtype(dtype)?;
-                let c =
-                    Tensor::randn(0f32, 1.0, (1, args.txt_len, cfg.joint_attention_dim), &device)?.to_dtype(dtype)?;
-                let t = Tensor::new(&[0.5f32], &device)?.to_dtype(dtype)?;
-                let mut last = None;
-                let ms = time_ms(&device, args.warmup, args.iters, || {
-                    last = Some(model.forward(&x, &c, None, &t, &shapes)?);
-                    Ok(())
-                })?;
-                let finite = last.as_ref().map(is_finite).transpose()?.unwrap_or(false);
-                results.push(BenchResult {
-                    name: format!("transformer_{size}_{refs}ref"),
-                    ms,
-                    tokens: Some(s_img + args.txt_len),
-                    build_s,
-                    finite,
-                    gb_per_s: None,
-                    psnr_db: None,
-                });
-            }
-        }
-        if args.psnr {
-            let (size, refs) = (args.sizes[0], args.refs[0]);
-            let got = four_steps(&model, &cfg, size, refs, args.txt_len, dtype, &device)?;
-            drop(model);
-            device.set_seed(PSNR_SEED)?;
-            let reference = QwenImageTransformer2DModel::new(&cfg, RandomWeights::var_builder(dtype, &device))
-                .context("building the reference transformer")?;
-            let want = four_steps(&reference, &cfg, size, refs, args.txt_len, dtype, &device)?;
-            let db = psnr(&got, &want)?;
-            printer.status(format!(
-                "PSNR of the 4-step latents, {format:?} vs stored weights: {db:.1} dB"
-            ));
-            results.push(BenchResult {
-                name: format!("transformer_{size}_{refs}ref_4step_psnr"),
-                ms: 0.0,
-                tokens: None,
-                build_s: 0.0,
-                finite: db.is_finite() || db == f64::INFINITY,
-                gb_per_s: None,
-                psnr_db: Some(db),
-            });
-        }
+        transformer::run(&args, &device, dtype, &printer, &mut results)?;
     }
     if want(BenchComponent::Vae) {
         let cfg: VaeConfig = serde_json::from_str(presets::VAE)?;
@@ -239,8 +212,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 tokens: None,
                 build_s,
                 finite,
-                gb_per_s: None,
-                psnr_db: None,
+                ..Default::default()
             });
             let ms = time_ms(&device, args.warmup, args.iters, || {
                 last = Some(vae.decode(&z)?);
@@ -253,8 +225,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 tokens: None,
                 build_s,
                 finite,
-                gb_per_s: None,
-                psnr_db: None,
+                ..Default::default()
             });
         }
     }
@@ -299,8 +270,7 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
                 tokens: Some(ids.len()),
                 build_s,
                 finite,
-                gb_per_s: None,
-                psnr_db: None,
+                ..Default::default()
             });
         }
     }
@@ -313,19 +283,37 @@ pub fn run(args: BenchArgs, printer: Printer) -> anyhow::Result<u8> {
         });
         println!("{out}");
     } else {
-        println!(
-            "{:<28} {:>10} {:>8} {:>9} {:>7}",
-            "name", "ms", "tokens", "build s", "finite"
-        );
-        for r in &results {
-            let tokens = r.tokens.map(|t| t.to_string()).unwrap_or_default();
-            println!(
-                "{:<28} {:>10.2} {:>8} {:>9.1} {:>7}",
-                r.name, r.ms, tokens, r.build_s, r.finite
-            );
-        }
+        print_table(&results);
     }
     Ok(if results.iter().all(|r| r.finite) { 0 } else { 1 })
+}
+
+/// The results as a table on stdout (`-` where a column does not apply).
+fn print_table(results: &[BenchResult]) {
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    println!(
+        "{:<40} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>7}",
+        "name", "ms", "tokens", "build s", "peak GB", "H2D GB/s", "overlap", "PSNR dB", "finite", "error"
+    );
+    for r in results {
+        let tokens = r.tokens.map(|t| t.to_string()).unwrap_or_default();
+        println!(
+            "{:<40} {:>10.2} {:>8} {:>8.1} {:>8} {:>9} {:>8} {:>8} {:>7} {:>7}",
+            r.name,
+            r.ms,
+            tokens,
+            r.build_s,
+            opt(r.peak_gpu_gb, 2),
+            opt(r.h2d_gb_per_s, 1),
+            r.overlap.map_or("-".to_string(), |o| format!("{:.0}%", o * 100.0)),
+            opt(r.psnr_db, 1),
+            r.finite,
+            if r.error.is_some() { "yes" } else { "" }
+        );
+    }
+    for r in results.iter().filter(|r| r.error.is_some()) {
+        eprintln!("{}: {}", r.name, r.error.as_deref().unwrap_or_default());
+    }
 }
 
 /// A chat-template-shaped prompt: 64 text tokens, the image (`n_img` pad tokens between the vision

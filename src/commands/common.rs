@@ -60,7 +60,9 @@ impl LoadedModel {
                 MemoryArg::Auto => MemoryMode::Auto,
                 MemoryArg::High => MemoryMode::High,
                 MemoryArg::Low => MemoryMode::Low,
+                MemoryArg::Offload => MemoryMode::Offload,
             },
+            offload_prefetch: args.memory.offload_prefetch,
         };
         if let Some(f) = &opts.transformer_file {
             if !f.is_file() {
@@ -94,6 +96,8 @@ impl LoadedModel {
             match m.plan {
                 MemoryPlan::High => "high, every component resident",
                 MemoryPlan::Low => "low, one large component at a time (reloaded per job)",
+                MemoryPlan::Offload =>
+                    "offload, transformer blocks streamed from host memory, text encoder loaded per job",
             },
             m.reason
         ));

@@ -5,6 +5,7 @@
 
 pub mod lora;
 pub mod nn;
+pub mod offload;
 pub mod presets;
 pub mod quant;
 pub mod random;

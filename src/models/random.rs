@@ -23,14 +23,15 @@ impl RandomWeights {
         format: crate::models::quant::WeightFormat,
         select: fn(&str) -> bool,
     ) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Self::backend(format, select), dtype, device.clone())
+    }
+
+    /// The backend of [`Self::var_builder_with`] (e.g. for a streamed model).
+    pub fn backend(format: crate::models::quant::WeightFormat, select: fn(&str) -> bool) -> Box<dyn SimpleBackend> {
         use crate::models::quant::{fp8::Fp8Quantizer, WeightFormat};
         match format {
-            WeightFormat::Native => Self::var_builder(dtype, device),
-            WeightFormat::Fp8 => VarBuilder::from_backend(
-                Box::new(Fp8Quantizer::new(Box::new(RandomWeights), select)),
-                dtype,
-                device.clone(),
-            ),
+            WeightFormat::Native => Box::new(RandomWeights),
+            WeightFormat::Fp8 => Box::new(Fp8Quantizer::new(Box::new(RandomWeights), select)),
         }
     }
 }
@@ -58,4 +59,57 @@ impl SimpleBackend for RandomWeights {
         use crate::models::nn::linear::{GGML_DATA, GGML_TYPE, SCALE_KEYS};
         !(name.ends_with(GGML_DATA) || name.ends_with(GGML_TYPE) || SCALE_KEYS.iter().any(|k| name.ends_with(k)))
     }
+}
+
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<usize>)>>>;
+
+/// Records the shape of every tensor a network asks for and hands out zero-stride zeros, so the
+/// structure of a full-size network is known without allocating its weights.
+struct ShapeProbe {
+    seen: Seen,
+}
+
+impl SimpleBackend for ShapeProbe {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.to_string(), s.dims().to_vec()));
+        Tensor::zeros((), dtype, &Device::Cpu)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("the shape probe needs the shape of `{name}`")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        RandomWeights.contains_tensor(name)
+    }
+}
+
+/// The tensors (name, shape) that `build` asks for, in order, built on the CPU from zero-stride zeros
+/// in `dtype` (no weight memory).
+pub fn probe_shapes(
+    dtype: DType,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+) -> candle_core::Result<Vec<(String, Vec<usize>)>> {
+    let seen = Seen::default();
+    build(VarBuilder::from_backend(
+        Box::new(ShapeProbe { seen: seen.clone() }),
+        dtype,
+        Device::Cpu,
+    ))?;
+    let shapes = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(shapes)
+}
+
+/// The Linear layers among `shapes` (from [`probe_shapes`]): module → `[out, in]`.
+pub fn linear_shapes(shapes: &[(String, Vec<usize>)]) -> std::collections::HashMap<String, (usize, usize)> {
+    shapes
+        .iter()
+        .filter_map(|(n, s)| match (n.strip_suffix(".weight"), s.as_slice()) {
+            (Some(m), &[out, inp]) => Some((m.to_string(), (out, inp))),
+            _ => None,
+        })
+        .collect()
 }

@@ -15,6 +15,7 @@ use image::RgbImage;
 use crate::error::UserError;
 use crate::io::resize::{resize_rgb, Filter};
 use crate::models::lora::{AdapterReport, LoraFile, LoraMerge};
+use crate::models::offload::{OffloadOptions, DEFAULT_PREFETCH};
 use crate::models::quant::WeightFormat;
 use crate::models::text_encoder::{PromptEmbeds, PromptEncoder};
 use crate::models::transformer::{QwenImageTransformer2DModel, TransformerConfig, TransformerWeights};
@@ -98,6 +99,8 @@ pub struct LoadOptions {
     pub transformer_file: Option<PathBuf>,
     /// Which components stay on the device between uses.
     pub memory: MemoryMode,
+    /// With [`MemoryPlan::Offload`]: transformer blocks copied ahead of use.
+    pub offload_prefetch: usize,
 }
 
 impl Default for LoadOptions {
@@ -108,6 +111,7 @@ impl Default for LoadOptions {
             weights: WeightFormat::Native,
             transformer_file: None,
             memory: MemoryMode::Auto,
+            offload_prefetch: DEFAULT_PREFETCH,
         }
     }
 }
@@ -119,6 +123,7 @@ impl LoadOptions {
             lora_strict: self.lora_strict,
             format: self.weights,
             file: self.transformer_file.clone(),
+            offload: None,
         }
     }
 }
@@ -133,7 +138,9 @@ pub struct Preset {
 }
 
 /// A loaded pipeline. With [`MemoryPlan::Low`] the text encoder and the transformer are loaded when a
-/// run needs them and freed right after (one large component on the device at a time).
+/// run needs them and freed right after (one large component on the device at a time). With
+/// [`MemoryPlan::Offload`] the transformer is loaded once with its blocks in host memory (streamed to
+/// the device as it runs) and the text encoder is loaded per run.
 pub struct EditPipeline {
     pub kind: PipelineKind,
     transformer: Mutex<Option<QwenImageTransformer2DModel>>,
@@ -172,6 +179,7 @@ impl EditPipeline {
             opts.transformer_file.as_deref(),
             dtype,
             opts.weights,
+            opts.offload_prefetch,
         );
         let choice = memory::choose(opts.memory, sizes, memory::free_device_memory(device));
         tracing::info!("memory plan {:?}: {}", choice.plan, choice.reason);
@@ -191,12 +199,12 @@ impl EditPipeline {
             device: device.clone(),
             dtype,
         };
-        // The text encoder is loaded in both plans (Low frees it after the first prompts); the transformer
-        // only in High. Low checks the LoRAs against the transformer's weights now, so that a bad LoRA
-        // fails at load, not at the first job.
+        // The text encoder is loaded in every plan (Low and Offload free it after the first prompts); the
+        // transformer in High and Offload (streamed). Low checks the LoRAs against the transformer's
+        // weights now, so that a bad LoRA fails at load, not at the first job.
         *pipe.text_encoder.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(pipe.load_text_encoder()?);
         match pipe.memory.plan {
-            MemoryPlan::High => {
+            MemoryPlan::High | MemoryPlan::Offload => {
                 let (t, reports) = pipe.load_transformer()?;
                 pipe.loras = reports;
                 *pipe.transformer.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(t);
@@ -223,11 +231,15 @@ impl EditPipeline {
     }
 
     fn load_transformer(&self) -> anyhow::Result<(QwenImageTransformer2DModel, Vec<AdapterReport>)> {
+        let mut weights = self.opts.transformer_weights();
+        if self.memory.plan == MemoryPlan::Offload {
+            weights.offload = Some(OffloadOptions::with_prefetch(self.opts.offload_prefetch));
+        }
         QwenImageTransformer2DModel::load_with(
             &self.folder.component("transformer"),
             self.dtype,
             &self.device,
-            &self.opts.transformer_weights(),
+            &weights,
         )
         .context("loading the transformer")
     }
@@ -360,6 +372,7 @@ impl EditPipeline {
             .unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string());
         let do_cfg = true_cfg_scale > 1.0;
         let low = self.memory.plan == MemoryPlan::Low;
+        let text_encoder_per_run = self.memory.plan != MemoryPlan::High;
         if low {
             // One large component at a time: the transformer of the previous job goes first.
             *lock(&self.transformer) = None;
@@ -383,7 +396,7 @@ impl EditPipeline {
             } else {
                 None
             };
-            if low {
+            if text_encoder_per_run {
                 *slot = None;
             }
             (cond, uncond)

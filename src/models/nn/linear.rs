@@ -94,9 +94,14 @@ impl Linear {
     pub fn new(in_dim: usize, out_dim: usize, with_bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = if vb.contains_tensor(GGML_DATA) {
             let ty = ggml_type_from_id(vb.get_unchecked_dtype(GGML_TYPE, DType::U32)?.to_vec1::<u32>()?[0])?;
-            let bytes = vb.get_unchecked_dtype(GGML_DATA, DType::U8)?.to_vec1::<u8>()?;
-            let storage = QStorage::from_data(Cow::Owned(bytes), vb.device(), ty)?;
-            let qt = QTensor::new(storage, (out_dim, in_dim))?;
+            let data = vb.get_unchecked_dtype(GGML_DATA, DType::U8)?;
+            let qt = if data.device().is_cuda() {
+                // Blocks already on the GPU (a streamed block's slot): copied there, not via the host.
+                crate::models::quant::ggml::qtensor_from_device(&data, ty, (out_dim, in_dim))?
+            } else {
+                let storage = QStorage::from_data(Cow::Owned(data.to_vec1::<u8>()?), vb.device(), ty)?;
+                QTensor::new(storage, (out_dim, in_dim))?
+            };
             LinearWeight::Ggml(std::sync::Arc::new(qt))
         } else if let Some(key) = SCALE_KEYS.iter().find(|k| vb.contains_tensor(k)) {
             let weight = vb.get_with_hints_dtype((out_dim, in_dim), "weight", Init::Const(0.), DType::F8E4M3)?;

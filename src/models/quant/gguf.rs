@@ -78,6 +78,20 @@ impl GgufWeights {
         v
     }
 
+    /// Tensor names (prefix stripped) with their stored size in bytes.
+    pub fn tensor_bytes(&self) -> Vec<(String, u64)> {
+        self.tensors
+            .iter()
+            .map(|(n, i)| {
+                let t = i.ggml_dtype;
+                (
+                    n.clone(),
+                    (i.shape.elem_count() / t.block_size() * t.type_size()) as u64,
+                )
+            })
+            .collect()
+    }
+
     fn bytes(&self, info: &TensorInfo) -> candle_core::Result<&[u8]> {
         let n = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
         let start = self.data_offset + info.offset as usize;

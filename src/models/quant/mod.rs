@@ -1,8 +1,10 @@
 //! Weight formats that take less GPU memory than bf16: float8 e4m3 with per-row scales ([`fp8`]),
 //! quantized at load or read pre-quantized, and GGUF files with GGML block formats ([`gguf`]).
-//! Both are `VarBuilder` backends, so the model code only sees [`crate::models::nn::linear::Linear`].
+//! Both are `VarBuilder` backends, so the model code only sees [`crate::models::nn::linear::Linear`];
+//! [`ggml`] makes GGML blocks without a file (random, or quantized on the host) for benchmarks.
 
 pub mod fp8;
+pub mod ggml;
 pub mod gguf;
 
 /// How a component's Linear weights are held on the device.

@@ -22,6 +22,7 @@ use crate::models::lora::{AdapterReport, LoraBackend, LoraFile, LoraMerge};
 use crate::models::nn::fused::{self, PerToken, ShiftScale};
 use crate::models::nn::linear::{linear, Linear};
 use crate::models::nn::norm::RmsNorm;
+use crate::models::offload::{self, HostBlock, OffloadOptions, OffloadStats, Recorder, StreamedBlocks};
 use crate::models::quant::fp8::Fp8Quantizer;
 use crate::models::quant::gguf::GgufWeights;
 use crate::models::quant::{transformer_fp8_select, WeightFormat};
@@ -39,6 +40,8 @@ pub struct TransformerWeights {
     /// A single `.safetensors` (bf16, or pre-quantized "scaled fp8") or `.gguf` file instead of the
     /// folder's weights; the config still comes from the folder.
     pub file: Option<std::path::PathBuf>,
+    /// Keep the blocks in host memory and stream them to the device (see [`crate::models::offload`]).
+    pub offload: Option<OffloadOptions>,
 }
 
 impl Default for TransformerWeights {
@@ -48,6 +51,7 @@ impl Default for TransformerWeights {
             lora_strict: true,
             format: WeightFormat::Native,
             file: None,
+            offload: None,
         }
     }
 }
@@ -91,6 +95,13 @@ pub struct Intermediates {
     pub norm_out: Tensor,
 }
 
+/// The dual-stream blocks: on the device, or in host memory and streamed through device slots.
+#[derive(Debug, Clone)]
+enum Blocks {
+    Resident(Vec<QwenImageTransformerBlock>),
+    Streamed(Arc<StreamedBlocks<QwenImageTransformerBlock>>),
+}
+
 /// The MMDiT denoiser of Qwen-Image(-Edit).
 #[derive(Debug, Clone)]
 pub struct QwenImageTransformer2DModel {
@@ -100,7 +111,7 @@ pub struct QwenImageTransformer2DModel {
     txt_in: Linear,
     time_text_embed: QwenTimestepProjEmbeddings,
     pos_embed: QwenEmbedRope,
-    transformer_blocks: Vec<QwenImageTransformerBlock>,
+    transformer_blocks: Blocks,
     norm_out: AdaLayerNormContinuous,
     proj_out: Linear,
     dtype: DType,
@@ -197,8 +208,11 @@ impl QwenImageTransformer2DModel {
             WeightFormat::Native => base,
             WeightFormat::Fp8 => Box::new(Fp8Quantizer::new(base, transformer_fp8_select)),
         };
-        let vb = VarBuilder::from_backend(backend, dtype, device.clone());
-        let model = Self::new(&cfg, vb).map_err(classify_load_error)?;
+        let model = match opts.offload {
+            Some(o) => Self::new_streamed(&cfg, backend, dtype, device, o),
+            None => Self::new(&cfg, VarBuilder::from_backend(backend, dtype, device.clone())),
+        }
+        .map_err(classify_load_error)?;
         let Some(merge) = merge else {
             return Ok((model, Vec::new()));
         };
@@ -218,11 +232,52 @@ impl QwenImageTransformer2DModel {
         if let Err(why) = cfg.validate() {
             candle_core::bail!("unsupported transformer config: {why}");
         }
-        let dim = cfg.inner_dim();
         let blocks_vb = vb.pp("transformer_blocks");
         let transformer_blocks = (0..cfg.num_layers)
             .map(|i| QwenImageTransformerBlock::new(cfg, blocks_vb.pp(i)))
             .collect::<Result<Vec<_>>>()?;
+        Self::assemble(cfg, vb, Blocks::Resident(transformer_blocks))
+    }
+
+    /// Builds the model from the weights of `backend` with the blocks kept in host memory and streamed
+    /// to `device` (`opts.prefetch` blocks ahead); the other layers (input/output projections, the
+    /// timestep embedder: ~0.1 % of the weights) stay on the device. Each block is built on the device
+    /// once, in order, its tensors copied to host memory and the device copy freed, so loading holds one
+    /// block at a time. Same outputs, bit for bit, as [`Self::new`] over the same weights.
+    pub fn new_streamed(
+        cfg: &TransformerConfig,
+        backend: Box<dyn SimpleBackend>,
+        dtype: DType,
+        device: &Device,
+        opts: OffloadOptions,
+    ) -> Result<Self> {
+        if let Err(why) = cfg.validate() {
+            candle_core::bail!("unsupported transformer config: {why}");
+        }
+        let (backend, recording) = Recorder::wrap(backend);
+        let vb = VarBuilder::from_backend(backend, dtype, device.clone());
+        let mut host = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let prefix = format!("transformer_blocks.{i}");
+            let tensors = recording.capture(&prefix, || {
+                QwenImageTransformerBlock::new(cfg, vb.pp(&prefix)).map(drop)
+            })?;
+            host.push(HostBlock::pack(tensors, device, opts.pinned)?);
+        }
+        let block_cfg = cfg.clone();
+        let blocks = StreamedBlocks::new(
+            host,
+            Box::new(move |vb| QwenImageTransformerBlock::new(&block_cfg, vb)),
+            dtype,
+            device,
+            opts,
+        )?;
+        Self::assemble(cfg, vb, Blocks::Streamed(Arc::new(blocks)))
+    }
+
+    /// The layers around the blocks (built after them, in the order of the checkpoint's modules).
+    fn assemble(cfg: &TransformerConfig, vb: VarBuilder, transformer_blocks: Blocks) -> Result<Self> {
+        let dim = cfg.inner_dim();
         Ok(Self {
             img_in: linear(cfg.in_channels, dim, vb.pp("img_in"))?,
             txt_norm: RmsNorm::new(cfg.joint_attention_dim, MODEL_NORM_EPS, vb.pp("txt_norm"))?,
@@ -249,6 +304,26 @@ impl QwenImageTransformer2DModel {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Whether the blocks are streamed from host memory.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.transformer_blocks, Blocks::Streamed(_))
+    }
+
+    /// What the last forward streamed (`None` when the blocks are resident); waits for its copies.
+    pub fn offload_stats(&self) -> Result<Option<OffloadStats>> {
+        match &self.transformer_blocks {
+            Blocks::Streamed(s) => s.stats().map(Some),
+            Blocks::Resident(_) => Ok(None),
+        }
+    }
+
+    /// Blocks copied ahead of use when streamed (0: no overlap of copies and compute); no-op otherwise.
+    pub fn set_offload_prefetch(&self, prefetch: usize) {
+        if let Blocks::Streamed(s) = &self.transformer_blocks {
+            s.set_prefetch(prefetch);
+        }
     }
 
     /// Overrides the bound on one attention score block (elements of `[B, H, q_chunk, S_kv]`); `None`
@@ -441,13 +516,23 @@ impl QwenImageTransformer2DModel {
         let mut img = img;
         let mut txt = txt;
         let mut block0 = None;
-        for (i, block) in self.transformer_blocks.iter().enumerate() {
+        let mut step = |i: usize, block: &QwenImageTransformerBlock| -> Result<()> {
             let out = block.forward(&img, &txt, &inputs)?;
             img = out.img;
             txt = out.txt;
             if record && i == 0 {
                 block0 = Some((img.clone(), txt.clone()));
             }
+            offload::watch::sample();
+            Ok(())
+        };
+        match &self.transformer_blocks {
+            Blocks::Resident(blocks) => {
+                for (i, block) in blocks.iter().enumerate() {
+                    step(i, block)?;
+                }
+            }
+            Blocks::Streamed(blocks) => blocks.run(&mut step)?,
         }
 
         // 6. Output norm (modulated by t only) and projection.
