@@ -24,12 +24,12 @@ for phase in "$@"; do
   echo "=== $phase $(date +%T)"
   case $phase in
     tests)
-      timeout 240 /tmp/b/gpu_all --test-threads=1 --nocapture > "$OUT/tests.log" 2>&1; echo "tests rc=$?"
+      timeout ${TESTS_TIMEOUT:-240} /tmp/b/gpu_all --test-threads=1 --nocapture > "$OUT/tests.log" 2>&1; echo "tests rc=$?"
       grep -E "^test |test result|panicked|FAILED" "$OUT/tests.log" | tail -60 ;;
     micro)
-      timeout 150 /tmp/b/gpu_all --ignored --test-threads=1 --nocapture bench > "$OUT/micro.log" 2>&1; echo "micro rc=$?"
-      grep -vE "^(running|test result)" "$OUT/micro.log" | grep -E "ms|bench" | head -80
-      timeout 90 python3 kernels/bench_torch_ref.py 2>&1 | tee "$OUT/torch_ref.log" | tail -30 ;;
+      timeout 150 /tmp/b/gpu_all --ignored --test-threads=1 --nocapture ${MICRO:-bench} > "$OUT/micro.log" 2>&1; echo "micro rc=$?"
+      grep -E "\| (cudnn|torch|flash|candle) |fused|decode|encode" "$OUT/micro.log" | grep -v "first call" | head -60
+      timeout 90 python3 kernels/bench_torch_ref.py > "$OUT/torch_ref.log" 2>&1; grep "| torch |" "$OUT/torch_ref.log" ;;
     transformer)
       peak ours_tr $QE bench $B --component transformer --size 1024 --size 512 --refs 1 --refs 2 > "$OUT/ours_tr.json"
       QWEN_EDIT_NO_FUSED=1 QWEN_EDIT_NO_CUDNN=1 $QE bench $B --component transformer --size 1024 --refs 1 > "$OUT/ours_tr_plain.json"
@@ -46,10 +46,14 @@ for phase in "$@"; do
       peak ours_te $QE bench $B --component text-encoder > "$OUT/ours_te.json"
       peak ref_te python3 bench/diffusers_bench.py --json --iters 3 --only text_encoder > "$OUT/ref_te.json"
       tail -c 800 "$OUT/ours_te.json" "$OUT/ref_te.json" ;;
-    offload)
-      $QE bench --json --warmup 1 --iters 2 --component transformer --size 1024 --refs 1 \
-        --configs ${CONFIGS:-bf16,fp8,q8_0,q4_k,bf16+offload,fp8+offload,q8_0+offload,q4_k+offload} > "$OUT/offload.json" 2> "$OUT/offload.err"
-      echo "offload rc=$?"; tail -30 "$OUT/offload.err"; tail -c 2500 "$OUT/offload.json" ;;
+    offload)  # issue 13: every weight format with and without offload, then the 24/48 GB caps, then PSNR
+      O="$QE bench --json --warmup 1 --iters 2 --component transformer --size 1024 --refs 1"
+      $O --configs ${CONFIGS:-bf16,fp8,q8_0,q4_k,bf16+offload,fp8+offload,q8_0+offload,q4_k+offload} > "$OUT/offload.json" 2> "$OUT/offload.err"
+      echo "offload rc=$?"; tail -12 "$OUT/offload.err"
+      $O --max-gpu-memory 24G --configs ${CAP24:-q4_k+offload,fp8+offload} > "$OUT/cap24.json" 2> "$OUT/cap24.err"; echo "cap24 rc=$?"; tail -5 "$OUT/cap24.err"
+      $O --max-gpu-memory 48G --configs ${CAP48:-fp8} > "$OUT/cap48.json" 2> "$OUT/cap48.err"; echo "cap48 rc=$?"; tail -4 "$OUT/cap48.err"
+      timeout 200 $O --psnr --configs ${PSNR:-bf16,fp8,q8_0} > "$OUT/psnr.json" 2> "$OUT/psnr.err"; echo "psnr rc=$?"; tail -6 "$OUT/psnr.err"
+      tail -c 1500 "$OUT/offload.json" ;;
     *) echo "unknown phase $phase" ;;
   esac
 done
