@@ -594,3 +594,32 @@ CHANNEL_RMS_NORM(1)
   }
 SOFTMAX_ROWS(4)
 SOFTMAX_ROWS(1)
+
+// ---------------------------------------------------------------------------
+// float8 e4m3 casts. candle 0.11.1's own are unreachable on CUDA: it asks for kernels named
+// `cast_f32_f8e4m3` while its PTX defines `cast_f32_f8_e4m3` ("named symbol not found").
+//
+//   cast_fp8e4m3_to_bf16(in, out, n), cast_fp8e4m3_to_f32(in, out, n): exact (e4m3 ⊂ bf16 ⊂ f32).
+//   cast_f32_to_fp8e4m3(in, out, n): round to nearest even, saturating to ±448 (NaN stays NaN).
+//   Any n (64-bit), grid-stride loops; grid and block free.
+// ---------------------------------------------------------------------------
+
+#include <cuda_fp8.h>
+
+extern "C" __global__ void cast_fp8e4m3_to_bf16(const __nv_fp8_e4m3* __restrict__ in,
+                                                __nv_bfloat16* __restrict__ out, long long n) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    out[i] = __float2bfloat16_rn(static_cast<float>(in[i]));
+}
+
+extern "C" __global__ void cast_fp8e4m3_to_f32(const __nv_fp8_e4m3* __restrict__ in, float* __restrict__ out,
+                                               long long n) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    out[i] = static_cast<float>(in[i]);
+}
+
+extern "C" __global__ void cast_f32_to_fp8e4m3(const float* __restrict__ in, __nv_fp8_e4m3* __restrict__ out,
+                                               long long n) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    out[i] = __nv_fp8_e4m3(in[i]);
+}

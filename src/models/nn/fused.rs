@@ -230,6 +230,17 @@ pub fn bias_gelu_tanh(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     h.to_dtype(DType::F32)?.gelu()?.to_dtype(x.dtype())
 }
 
+/// `t.to_dtype(dtype)`, also where candle 0.11.1 cannot on CUDA: float8 e4m3 to and from other dtypes
+/// (candle asks its PTX for `cast_*_f8e4m3` kernels it names `cast_*_f8_e4m3`, and fails with "named
+/// symbol not found"). A correctness fix, not a fusion: the fused switch does not turn it off.
+pub fn to_dtype(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if t.device().is_cuda() && t.dtype() != dtype && (t.dtype() == DType::F8E4M3 || dtype == DType::F8E4M3) {
+        return cuda::cast_fp8(t, dtype);
+    }
+    t.to_dtype(dtype)
+}
+
 /// Interleaved-pair rotation (`apply_rotary_emb_qwen(use_real=False)`), in f32:
 /// `out[2k] = x[2k]·cos − x[2k+1]·sin`, `out[2k+1] = x[2k]·sin + x[2k+1]·cos`.
 /// `x: [B, H, S, D]`, `cos, sin: [S, D/2]` f32; the result has the dtype of `x`.

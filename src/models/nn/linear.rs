@@ -150,7 +150,7 @@ impl Linear {
         match &self.weight {
             LinearWeight::Dense(w) => w.to_dtype(dtype),
             LinearWeight::Fp8 { weight, scale } => {
-                let w = weight.to_dtype(DType::F32)?;
+                let w = super::fused::to_dtype(weight, DType::F32)?;
                 let s = if scale.elem_count() == 1 {
                     scale.reshape((1, 1))?
                 } else {
@@ -198,7 +198,7 @@ impl Linear {
         let y = match &self.weight {
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
             LinearWeight::Fp8 { weight, scale } => {
-                let y = x2.matmul(&weight.to_dtype(dtype)?.t()?)?;
+                let y = x2.matmul(&super::fused::to_dtype(weight, dtype)?.t()?)?;
                 y.broadcast_mul(&scale.to_dtype(dtype)?)?
             }
             LinearWeight::Ggml(q) => {

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Shape, Tensor, D};
 use candle_nn::var_builder::SimpleBackend;
 
+use crate::models::nn::fused;
 use crate::models::nn::linear::SCALE_KEYS;
 
 /// The largest finite float8 e4m3 value.
@@ -22,10 +23,7 @@ pub fn quantize_rows(w: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
                                                  // An all-zero row keeps scale 1 (its codes are all zero anyway).
     let scale = (amax.clamp(1e-30, f64::MAX)? / E4M3_MAX)?;
     let scale = amax.gt(0.0)?.where_cond(&scale, &scale.ones_like()?)?;
-    let q = w
-        .broadcast_div(&scale)?
-        .clamp(-E4M3_MAX, E4M3_MAX)?
-        .to_dtype(DType::F8E4M3)?;
+    let q = fused::to_dtype(&w.broadcast_div(&scale)?.clamp(-E4M3_MAX, E4M3_MAX)?, DType::F8E4M3)?;
     Ok((q, scale.flatten_all()?))
 }
 
@@ -37,7 +35,7 @@ pub fn dequantize_rows(q: &Tensor, scale: &Tensor) -> candle_core::Result<Tensor
     } else {
         scale.reshape((out, 1))?
     };
-    q.to_dtype(DType::F32)?.broadcast_mul(&s.to_dtype(DType::F32)?)
+    fused::to_dtype(q, DType::F32)?.broadcast_mul(&s.to_dtype(DType::F32)?)
 }
 
 /// Wraps a weight source so that the Linear weights `select` accepts (by module path, e.g.

@@ -8,7 +8,9 @@
 //!
 //! Switches (read once): `QWEN_EDIT_NO_CUDNN=1` turns both paths off, `QWEN_EDIT_NO_CUDNN_SDPA=1` /
 //! `QWEN_EDIT_NO_CUDNN_CONV=1` one of them; `QWEN_EDIT_CUDNN_HEUR=b` picks cuDNN's heuristics mode B
-//! instead of A; `QWEN_EDIT_CUDNN_MAX_WORKSPACE_MB` bounds a plan's workspace (default 512). Tests use
+//! instead of A; `QWEN_EDIT_CUDNN_MAX_WORKSPACE_MB` bounds a plan's workspace (default 1024: the 192→96 3×3
+//! conv at 1024² needs 604 MB for an engine as fast as torch's; under 512 MB cuDNN picks one 10× slower);
+//! `QWEN_EDIT_CUDNN_CONV_PLANS` (default 4) candidate conv plans are timed at their first call. Tests use
 //! [`set_enabled`]. A failed execution turns that operation off for the rest of the process.
 //!
 //! Every call runs on candle's stream of the tensors' device (see [`launch`]); the workspace is one
@@ -208,7 +210,7 @@ fn max_workspace() -> i64 {
         let mb = std::env::var("QWEN_EDIT_CUDNN_MAX_WORKSPACE_MB")
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(512);
+            .unwrap_or(1024);
         mb.clamp(0, 1 << 20) << 20
     })
 }
