@@ -402,73 +402,45 @@ pub(super) fn joint_heads(parts: &[HeadsPart<'_>], h: usize, d: usize, eps: f64)
 /// float8 e4m3 casts on the GPU (see [`super::to_dtype`]): e4m3 → bf16 / f32 exactly, f32 → e4m3 rounded to
 /// nearest even; other pairs go through f32 with candle's own casts.
 pub(super) fn cast_fp8(t: &Tensor, dtype: DType) -> Result<Tensor> {
-    use candle_core::cuda::CudaStorageSlice;
-    let (name, out_dtype) = match (t.dtype(), dtype) {
-        (DType::F8E4M3, DType::BF16) => ("cast_fp8e4m3_to_bf16", DType::BF16),
-        (DType::F8E4M3, DType::F32) => ("cast_fp8e4m3_to_f32", DType::F32),
-        (DType::F8E4M3, _) => return cast_fp8(t, DType::F32)?.to_dtype(dtype),
-        (DType::F32, DType::F8E4M3) => ("cast_f32_to_fp8e4m3", DType::F8E4M3),
-        (_, DType::F8E4M3) => return cast_fp8(&t.to_dtype(DType::F32)?, dtype),
-        _ => return t.to_dtype(dtype),
-    };
+    use float8::F8E4M3;
+    match (t.dtype(), dtype) {
+        (DType::F8E4M3, DType::BF16) => cast::<F8E4M3, bf16>(t, "cast_fp8e4m3_to_bf16"),
+        (DType::F8E4M3, DType::F32) => cast::<F8E4M3, f32>(t, "cast_fp8e4m3_to_f32"),
+        (DType::F8E4M3, _) => cast_fp8(t, DType::F32)?.to_dtype(dtype),
+        (DType::F32, DType::F8E4M3) => cast::<f32, F8E4M3>(t, "cast_f32_to_fp8e4m3"),
+        (_, DType::F8E4M3) => cast_fp8(&t.to_dtype(DType::F32)?, dtype),
+        _ => t.to_dtype(dtype),
+    }
+}
+
+/// One element-wise cast kernel `name(const S* in, D* out, long long n)` over all of `t`.
+fn cast<S: CudaDType, D: CudaDType + candle_core::cuda::cudarc::driver::DeviceRepr>(
+    t: &Tensor,
+    name: &str,
+) -> Result<Tensor> {
     let t = t.contiguous()?;
     let n = t.elem_count();
     let dev = cuda_device(&t)?;
-    if n == 0 {
-        return Tensor::zeros(t.shape(), out_dtype, t.device());
-    }
-    let stream = dev.cuda_stream();
-    let src = {
-        let (guard, layout) = t.storage_and_layout();
-        let Storage::Cuda(cs) = &*guard else {
-            candle_core::bail!("fp8 cast: the tensor is not on the GPU");
+    // SAFETY: every one of the n elements is written by the grid-stride loop below before any read.
+    let out = unsafe { dev.alloc::<D>(n.max(1))? };
+    if n > 0 {
+        let src = addr::<S>(&t)?;
+        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256).min(65_535 * 8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
         };
-        let off = layout.start_offset() as u64;
-        match &cs.slice {
-            CudaStorageSlice::F8E4M3(s) => s.device_ptr(&stream).0 + off,
-            CudaStorageSlice::F32(s) => s.device_ptr(&stream).0 + 4 * off,
-            _ => candle_core::bail!("fp8 cast: unexpected source dtype {:?}", t.dtype()),
-        }
-    };
-    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-    let threads = 256u32;
-    let blocks = n.div_ceil(threads as usize).min(65_535 * 8) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let n_i = n as i64;
-    let storage = match out_dtype {
-        DType::BF16 => {
-            let out = alloc(&dev, n)?;
-            let mut b = func.builder();
-            b.arg(&src).arg(&out).arg(&n_i);
-            // SAFETY: the kernel reads n source elements and writes all n outputs (grid-stride loop).
-            unsafe { b.launch(cfg) }.w()?;
-            CudaStorage::wrap_cuda_slice(out, dev.clone())
-        }
-        DType::F32 => {
-            // SAFETY: fully written by the kernel below.
-            let out = unsafe { dev.alloc::<f32>(n)? };
-            let mut b = func.builder();
-            b.arg(&src).arg(&out).arg(&n_i);
-            // SAFETY: as above.
-            unsafe { b.launch(cfg) }.w()?;
-            CudaStorage::wrap_cuda_slice(out, dev.clone())
-        }
-        _ => {
-            // SAFETY: fully written by the kernel below.
-            let out = unsafe { dev.alloc::<float8::F8E4M3>(n)? };
-            let mut b = func.builder();
-            b.arg(&src).arg(&out).arg(&n_i);
-            // SAFETY: as above.
-            unsafe { b.launch(cfg) }.w()?;
-            CudaStorage::wrap_cuda_slice(out, dev.clone())
-        }
-    };
+        let n_i = n as i64;
+        let mut b = func.builder();
+        b.arg(&src).arg(&out).arg(&n_i);
+        // SAFETY: the kernel reads n elements of `src` (contiguous, live until the launch is queued) and
+        // writes n elements of `out`, matching its signature.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev));
     Ok(Tensor::from_storage(
-        Storage::Cuda(storage),
+        storage,
         t.shape().clone(),
         BackpropOp::none(),
         false,
